@@ -1,0 +1,128 @@
+"""Transformer stacks and the encoder-decoder (Vaswani et al., 2017)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..nn.attention import KVCache
+from ..nn.block import TransformerBlock
+from ..nn.norm import build_norm
+from ..nn.position import ALiBi, LearnedPositions, Rotary, SinusoidalPositions
+from .config import EncoderDecoderConfig, TransformerFamilyConfig
+
+
+class Positions(nn.Module):
+    """The position scheme of a config: added to embeddings (sinusoidal/learned), rotating queries
+    and keys (RoPE), or biasing attention scores (ALiBi)."""
+
+    def __init__(self, cfg: TransformerFamilyConfig, max_len: int | None = None):
+        super().__init__()
+        max_len = max_len or cfg.max_seq_len
+        self.kind = cfg.position
+        self.additive = {"sinusoidal": lambda: SinusoidalPositions(cfg.d_model, max_len),
+                         "learned": lambda: LearnedPositions(cfg.d_model, max_len)}.get(cfg.position, lambda: None)()
+        self.rotary = Rotary(cfg.d_model // cfg.n_heads, max_len, cfg.rope_base) if cfg.position == "rope" else None
+        self.alibi = ALiBi(cfg.n_heads) if cfg.position == "alibi" else None
+
+    def add(self, x: Tensor, offset: int = 0) -> Tensor:
+        return self.additive(x, offset) if self.additive is not None else x
+
+    def bias(self, Tq: int, Tk: int, offset: int, causal: bool) -> Tensor | None:
+        return self.alibi(Tq, Tk, offset, causal) if self.alibi is not None else None
+
+
+class TransformerStack(nn.Module):
+    """n blocks; pre-norm stacks end with a final norm (post-norm blocks already end normalised)."""
+
+    def __init__(self, cfg: TransformerFamilyConfig, n_layers: int, cross_attention: bool = False):
+        super().__init__()
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, cross_attention) for _ in range(n_layers))
+        self.final_norm = (build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+                           if cfg.norm_placement == "pre" else nn.Identity())
+
+    def forward(self, x: Tensor, *, caches: list | None = None, cross_caches: list | None = None, **kw) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=caches[i] if caches else None,
+                      cross_cache=cross_caches[i] if cross_caches else None, **kw)
+        return self.final_norm(x)
+
+    def attention_weights(self, cross: bool = False) -> list[Tensor | None]:
+        """Per layer (B, H, Tq, Tk) weights of the last forward run with need_weights=True."""
+        return [(b.cross_attn if cross else b.attn).weights for b in self.blocks]
+
+
+def new_caches(cfg: TransformerFamilyConfig, n_layers: int, batch: int, max_len: int, like: Tensor) -> list[KVCache]:
+    hd = cfg.d_model // cfg.n_heads
+    return [KVCache(batch, cfg.kv_heads, max_len, hd, like.device, like.dtype) for _ in range(n_layers)]
+
+
+class EncoderDecoder(nn.Module):
+    """Shared source/target vocabulary: one embedding for both sides, tied with the output layer."""
+
+    def __init__(self, cfg: EncoderDecoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.positions = Positions(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder = TransformerStack(cfg, cfg.n_encoder_layers)
+        self.decoder = TransformerStack(cfg, cfg.n_decoder_layers, cross_attention=True)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.scale = math.sqrt(cfg.d_model)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+        # embeddings are scaled by sqrt(d) on input: N(0, d^-1/2) gives unit-variance inputs (fairseq)
+        nn.init.normal_(self.embed.weight, 0.0, self.config.d_model ** -0.5)
+        with torch.no_grad():
+            self.embed.weight[self.config.pad_id].zero_()
+
+    def _embed(self, ids: Tensor, offset: int = 0) -> Tensor:
+        if ids.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(ids.shape)}")
+        return self.dropout(self.positions.add(self.embed(ids) * self.scale, offset))
+
+    def padding_mask(self, ids: Tensor) -> Tensor:
+        return ids == self.config.pad_id
+
+    def encode(self, src: Tensor, src_padding_mask: Tensor | None = None, need_weights: bool = False) -> Tensor:
+        """src: (B, S) -> memory (B, S, d)."""
+        if src_padding_mask is None:
+            src_padding_mask = self.padding_mask(src)
+        S = src.size(1)
+        return self.encoder(self._embed(src), key_padding_mask=src_padding_mask, rotary=self.positions.rotary,
+                            bias=self.positions.bias(S, S, 0, causal=False), need_weights=need_weights)
+
+    def decode(self, tgt: Tensor, memory: Tensor, src_padding_mask: Tensor, caches: list | None = None,
+               need_weights: bool = False) -> Tensor:
+        """tgt: (B, T) decoder input (shifted right); with caches, only the new positions. -> logits (B, T, V)."""
+        past = caches[0][0].length if caches else 0
+        T = tgt.size(1)
+        x = self.decoder(self._embed(tgt, past), causal=True, rotary=self.positions.rotary,
+                         bias=self.positions.bias(T, past + T, past, causal=True),
+                         caches=[c[0] for c in caches] if caches else None,
+                         cross_caches=[c[1] for c in caches] if caches else None,
+                         context=memory, context_padding_mask=src_padding_mask, need_weights=need_weights)
+        return self.lm_head(x)
+
+    def forward(self, src: Tensor, tgt: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
+        if src_padding_mask is None:
+            src_padding_mask = self.padding_mask(src)
+        return self.decode(tgt, self.encode(src, src_padding_mask), src_padding_mask)
+
+    def new_caches(self, batch: int, max_len: int) -> list[tuple[KVCache, KVCache]]:
+        """Per decoder layer: (self-attention cache, cross-attention cache filled on first use)."""
+        like = self.embed.weight
+        selfs = new_caches(self.config, self.config.n_decoder_layers, batch, max_len, like)
+        cross = new_caches(self.config, self.config.n_decoder_layers, batch, 0, like)
+        return list(zip(selfs, cross))

@@ -1,0 +1,187 @@
+"""Image classification (Fashion-MNIST, MNIST, or scikit-learn's digits) with a ConvNet or a ViT."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import ConfigError
+from ..data import images as img
+from .base import Task
+
+
+@dataclass
+class ImageDataConfig:
+    dataset: str = "fashion-mnist"  # fashion-mnist | mnist | digits
+    data_dir: str | None = None
+    fallback: bool = True  # use the bundled digits set when the IDX files are missing
+    valid_frac: float = 0.1  # carved from the training set; the test set is only for the final evaluation
+    train_subset: int | None = None  # first N training images only (tests, quick demos)
+    test_subset: int | None = None
+    augment: img.Augment = field(default_factory=img.Augment)
+    eval_batch_size: int = 1000
+
+    def validate(self) -> None:
+        if self.dataset not in ("fashion-mnist", "mnist", "digits"):
+            raise ConfigError(f"dataset: {self.dataset!r} is not one of 'fashion-mnist', 'mnist', 'digits'")
+
+
+class ImageClassification(Task):
+    name = "image_classification"
+    DataConfig = ImageDataConfig
+    headline = ("test_accuracy", "val_accuracy", "test_loss")
+
+    # --- data ------------------------------------------------------------------------------------
+    def prepare(self, run_dir: Path | None) -> None:
+        d = self.data
+        ds = img.load_image_dataset(d.dataset, d.data_dir, d.fallback)
+        self.dataset_name, self.source, self.classes = ds.name, ds.source, list(ds.classes)
+        tx, ty, vx, vy = img.split_train_valid(ds.train_x, ds.train_y, d.valid_frac, seed=0)
+        if d.train_subset:
+            tx, ty = tx[: d.train_subset], ty[: d.train_subset]
+        test_x, test_y = ds.test_x, ds.test_y
+        if d.test_subset:
+            test_x, test_y = test_x[: d.test_subset], test_y[: d.test_subset]
+        self.size = self._model_image_size()
+        self.splits = {"train": (tx, ty), "valid": (vx, vy), "test": (test_x, test_y)}
+        mean, std = img.channel_stats(tx)
+        self.mean, self.std = list(mean), list(std)
+        self.augment = d.augment.with_fill(mean, std)
+        self.description = (f"{ds.name} from {ds.source}: {len(ty)} training, {len(vy)} validation (held out of "
+                            f"the training set), {len(test_y)} test images, {len(self.classes)} classes")
+
+    def _model_image_size(self) -> int:
+        return int(self.run.model.get("image_size") or self.model_config().image_size)
+
+    def model_config(self):
+        from ..models.config import model_config
+
+        cfg = dict(self.run.model)
+        if hasattr(self, "classes"):
+            cfg.setdefault("n_classes", len(self.classes))
+        return model_config(cfg)
+
+    def head_parameter_prefixes(self) -> tuple[str, ...]:
+        return ("head.",)
+
+    def to_input(self, x_uint8: Tensor, device: torch.device) -> Tensor:
+        """uint8 (N, C, h, w) -> normalised float (N, C, S, S) at the model's size (digits are 8x8)."""
+        x = img.normalize(x_uint8.to(device), tuple(self.mean), tuple(self.std))
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x
+
+    def epoch_plan(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
+        n = len(self.splits["train"][1])
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch)).tolist()
+        return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]  # full batches only
+
+    def collate(self, refs: list[int], generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+        x, y = self.splits["train"]
+        idx = torch.tensor(refs)
+        inputs = self.to_input(x[idx], torch.device("cpu"))
+        if self.augment.enabled:
+            inputs = self.augment(inputs, generator)
+        return {"inputs": inputs.to(device), "targets": y[idx].to(device)}
+
+    def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model(batch["inputs"])
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def predict_split(self, model: nn.Module, split: str, max_batches: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        x, y = self.splits[split]
+        device = next(model.parameters()).device
+        bs = self.data.eval_batch_size
+        n = len(y) if max_batches is None else min(len(y), max_batches * bs)
+        logits = torch.cat([model(self.to_input(x[i:i + bs], device)).float().cpu() for i in range(0, n, bs)])
+        return logits, y[:n], x[:n]
+
+    def evaluate(self, model: nn.Module, split: str = "valid", max_batches: int | None = None) -> dict[str, float]:
+        logits, y, _ = self.predict_split(model, split, max_batches)
+        prefix = "val" if split == "valid" else split
+        return {f"{prefix}_loss": F.cross_entropy(logits, y).item(),
+                f"{prefix}_accuracy": (logits.argmax(-1) == y).float().mean().item()}
+
+    def finish(self, model: nn.Module, run_dir: Path) -> dict[str, Any]:
+        from .. import viz
+
+        val = self.evaluate(model, "valid")
+        logits, y, x = self.predict_split(model, "test")
+        pred = logits.argmax(-1)
+        k = len(self.classes)
+        confusion = np.zeros((k, k), dtype=np.int64)
+        np.add.at(confusion, (y.numpy(), pred.numpy()), 1)
+        per_class = {c: float(confusion[i, i] / max(1, confusion[i].sum())) for i, c in enumerate(self.classes)}
+        plots = run_dir / "plots"
+        viz.plot_confusion(confusion, self.classes, plots / "confusion_matrix.png",
+                           f"{self.dataset_name} test set: confusion matrix")
+        wrong = torch.nonzero(pred != y).flatten()[:32]
+        if len(wrong):
+            titles = [f"true {self.classes[int(y[i])]}\npred {self.classes[int(pred[i])]}" for i in wrong]
+            viz.plot_image_grid(x[wrong], titles, plots / "misclassified.png", "Misclassified test images")
+        self.plot_filters_and_maps(model, x[0:1], plots)
+        self.per_class, self.confusion = per_class, confusion
+        return {"test_accuracy": (pred == y).float().mean().item(),
+                "test_loss": F.cross_entropy(logits, y).item(), **val,
+                "test_examples": len(y), "dataset": self.dataset_name, "data_source": self.source,
+                "per_class_accuracy": per_class}
+
+    def plot_filters_and_maps(self, model: nn.Module, example: Tensor, plots: Path) -> None:
+        from .. import viz
+        from ..models.cnn import ConvNet
+
+        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        w = first.weight.detach()[:, 0]  # (out, k, k), first input channel
+        viz.plot_image_grid(w, [str(i) for i in range(len(w))], plots / "filters.png",
+                            f"First-layer filters ({tuple(first.weight.shape[2:])} kernels)", cmap="RdBu_r")
+        if isinstance(model, ConvNet):
+            device = next(model.parameters()).device
+            with torch.no_grad():
+                maps = model.features(self.to_input(example, device))
+            for s, fmap in enumerate(maps):
+                fmap = fmap[0, :16].cpu()
+                viz.plot_image_grid(fmap, [f"ch {i}" for i in range(len(fmap))], plots / f"feature_maps_stage{s + 1}.png",
+                                    f"Stage {s + 1} feature maps {tuple(maps[s].shape[1:])} of one test image",
+                                    cmap="viridis")
+
+    def report(self, run_dir: Path, metrics: dict[str, Any]) -> str:
+        rows = ["## Data", "", self.description, "", "## Per-class test accuracy", "", "| class | accuracy |", "|---|---|"]
+        rows += [f"| {c} | {a:.3f} |" for c, a in metrics.get("per_class_accuracy", {}).items()]
+        return "\n".join(rows)
+
+    # --- inference -------------------------------------------------------------------------------
+    def save_assets(self, folder: Path) -> None:
+        (folder / "labels.json").write_text(json.dumps(
+            {"classes": self.classes, "mean": self.mean, "std": self.std, "image_size": self.size,
+             "dataset": self.dataset_name}, indent=2))
+
+    def load_assets(self, folder: Path) -> None:
+        path = folder / "labels.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: not an image-classification checkpoint")
+        info = json.loads(path.read_text())
+        self.classes, self.mean, self.std = info["classes"], info["mean"], info["std"]
+        self.size, self.dataset_name = info["image_size"], info["dataset"]
+
+    def predict_files(self, model: nn.Module, paths: list[str], top: int = 3) -> list[tuple[str, Any]]:
+        """[(path, [(class, probability), ...]) or (path, error message)] — a bad file does not stop the rest."""
+        device = next(model.parameters()).device
+        out = []
+        for p in paths:
+            try:
+                image = img.load_image_file(p, size=(self.size, self.size))
+            except img.DataError as e:
+                out.append((p, str(e)))
+                continue
+            with torch.no_grad():
+                probs = model(self.to_input(image[None], device)).softmax(-1)[0].cpu()
+            values, idx = probs.topk(min(top, len(self.classes)))
+            out.append((p, [(self.classes[int(i)], float(v)) for v, i in zip(values, idx)]))
+        return out

@@ -1,0 +1,191 @@
+"""Checkpoint folders: config.json, model.safetensors, task assets (tokenizer.json, labels.json),
+trainer_state/ for exact resume. Written atomically: a temporary folder, then renames.
+
+Layout under a run's ``checkpoints/``: ``last`` (newest, with trainer state), ``step-N`` (older ones,
+the last ``keep_last`` kept) and ``best`` (weights of the best evaluation). Nothing here unpickles
+arbitrary objects: tensors come from safetensors, the trainer state from
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+MODEL_FILE, CONFIG_FILE, STATE_DIR = "model.safetensors", "config.json", "trainer_state"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated or corrupt; the message names the file."""
+
+
+def write_model_folder(folder: Path, model: nn.Module, model_config: dict[str, Any],
+                       save_assets: Callable[[Path], None] | None = None, extra_config: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps({**model_config, **(extra_config or {})}, indent=2))
+    # save_model drops the duplicate names of tied tensors (safetensors refuses shared memory);
+    # load_model copies into the module, whose tied parameters stay one tensor
+    save_model(model, str(folder / MODEL_FILE))
+    if save_assets is not None:
+        save_assets(folder)
+
+
+def load_weights(model: nn.Module, folder: Path, strict: bool = True) -> None:
+    path = Path(folder) / MODEL_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} not found")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated: {e}") from None
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path} does not fit this model: {e}") from None
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{path} does not fit this model: missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}")
+
+
+def read_config_json(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} not found: not a checkpoint folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is corrupt: {e}") from None
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint folder from a run folder (its best, else last) or a checkpoint folder itself."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} not found")
+    if (path / CONFIG_FILE).exists() and (path / MODEL_FILE).exists():
+        return path
+    root = path / "checkpoints"
+    if root.is_dir():
+        order = [prefer, "last"] if prefer != "last" else ["last"]
+        for name in order:
+            if (root / name / MODEL_FILE).exists():
+                return root / name
+        steps = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        if steps:
+            return steps[-1]
+    raise CheckpointError(f"{path} holds no checkpoint (looked for {path}/{MODEL_FILE} and {root}/{{best,last,step-N}})")
+
+
+def read_model_config(path: str | Path):
+    """The model config of a checkpoint or run folder, or of a YAML recipe's model section."""
+    from ..models.config import model_config
+
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict) or "model" not in data:
+            raise CheckpointError(f"{path} has no 'model' section")
+        return model_config(data["model"])
+    cfg = read_config_json(resolve_checkpoint(path))
+    fields = {k: v for k, v in cfg.items() if k not in ("task", "task_info")}
+    return model_config(fields)
+
+
+# --- trainer state ------------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_trainer_state(folder: Path, state: dict[str, Any]) -> None:
+    (folder / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / STATE_DIR / "state.pt")
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / STATE_DIR / "state.pt"
+    if not path.exists():
+        raise CheckpointError(f"{path} not found: the checkpoint has no trainer state to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, unpickling refused, ...
+        raise CheckpointError(f"{path} is corrupt or truncated: {e}") from None
+
+
+# --- atomic folder swaps ------------------------------------------------------------------------
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def commit_folder(tmp: Path, final: Path, keep_old_as: Path | None = None) -> None:
+    """Put a fully written `tmp` at `final`; the old `final` is kept as `keep_old_as` or removed."""
+    _fsync_tree(tmp)
+    if final.exists():
+        if keep_old_as is not None and not keep_old_as.exists():
+            final.rename(keep_old_as)
+        else:
+            trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
+            final.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+    tmp.rename(final)
+
+
+def save_checkpoint(root: Path, step: int, model: nn.Module, model_config: dict, trainer_state: dict | None,
+                    save_assets: Callable[[Path], None] | None, keep_last: int, name: str = "last",
+                    extra_config: dict | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write_model_folder(tmp, model, model_config, save_assets, extra_config)
+    if trainer_state is not None:
+        save_trainer_state(tmp, {**trainer_state, "step": step})
+    (tmp / "step.txt").write_text(str(step))
+    final = root / name
+    keep = None
+    if name == "last" and final.exists() and keep_last > 1:
+        old_step = (final / "step.txt").read_text().strip() if (final / "step.txt").exists() else "0"
+        keep = root / f"step-{int(old_step):07d}"
+    commit_folder(tmp, final, keep)
+    if name == "last":
+        olds = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in olds[: max(0, len(olds) - (keep_last - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint with trainer state (`last`, or a `step-N` if a save was cut short)."""
+    candidates = [root / "last"] + sorted(root.glob("step-*"), key=lambda p: -int(p.name.split("-")[1]))
+    for c in candidates:
+        if (c / STATE_DIR / "state.pt").exists() and (c / MODEL_FILE).exists():
+            return c
+    return None

@@ -1,0 +1,197 @@
+"""The training engine: accumulation, exact resume after kill -9, tied weights, faults, DDP, schedules."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from archlab.config import ConfigError
+from archlab.models import build_model
+from archlab.train import checkpoint as ckpt
+from archlab.train.config import TrainConfig, load_run_config
+from archlab.train.optim import build_optimizer, lr_lambda
+from archlab.train.trainer import Trainer, TrainingDiverged
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def digits_run(**train) -> dict:
+    """seed-cnn on scikit-learn's bundled digits: real data, seconds to train, no batch norm or dropout."""
+    return {"task": "image_classification", "model": {"preset": "seed-cnn"}, "data": {"dataset": "digits"},
+            "train": {"max_steps": 4, "batch_size": 16, "lr": 1e-3, "log_every": 1, "threads": 1, **train}}
+
+
+def train(tmp_path: Path, name: str, **train_kw) -> Path:
+    run_dir = tmp_path / name
+    Trainer(load_run_config(digits_run(**train_kw)), run_dir, quiet=True).fit()
+    return run_dir
+
+
+def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / which / "model.safetensors")
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path):
+    # SGD: the update is linear in the gradient, so float round-off is not amplified as Adam's
+    # g / (sqrt(v) + eps) does for near-zero gradients; what is compared is the accumulated gradient
+    kw = dict(optimizer="sgd", lr=0.05, momentum=0.9, schedule="cosine", warmup_steps=2)
+    full = train(tmp_path, "full", grad_accum=1, **kw)
+    accum = train(tmp_path, "accum", grad_accum=4, **kw)
+    assert max_diff(weights(full), weights(accum)) <= 1e-6
+    # the scheduler stepped once per optimizer step in both: same learning rates logged
+    lrs = lambda d: [r["lr"] for r in map(__import__("json").loads, (d / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+                     if r["split"] == "train"]
+    assert lrs(full) == lrs(accum) and len(lrs(full)) == 4
+
+
+def test_run_folder_layout(tmp_path):
+    run = train(tmp_path, "layout", max_steps=3)
+    for p in ["config.yaml", "metrics.jsonl", "metrics.json", "report.md", "plots/loss.png", "plots/lr.png",
+              "checkpoints/last/model.safetensors", "checkpoints/last/config.json",
+              "checkpoints/last/trainer_state/state.pt", "checkpoints/best/model.safetensors", "tb"]:
+        assert (run / p).exists(), p
+    import json
+    metrics = json.loads((run / "metrics.json").read_text())
+    for k in ("test_accuracy", "train_seconds", "throughput", "parameters"):
+        assert k in metrics
+    assert metrics["parameters"] == 93_322
+
+
+def test_kill_9_then_resume_is_bit_identical(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    import yaml
+    cfg.write_text(yaml.safe_dump(digits_run(max_steps=60, save_every=1, deterministic=True)))
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "archlab", "train", str(cfg), "--quiet", "--run-dir"]
+    subprocess.run(cmd + [str(tmp_path / "straight")], env=env, check=True, capture_output=True)
+
+    victim = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + [str(victim)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    step_file = victim / "checkpoints" / "last" / "step.txt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if int(step_file.read_text()) >= 17:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(step_file.read_text())
+    assert 17 <= killed_at < 60, f"the run was not interrupted mid-way (step {killed_at})"
+    subprocess.run(cmd + [str(victim), "--resume"], env=env, check=True, capture_output=True)
+    assert max_diff(weights(tmp_path / "straight"), weights(victim)) == 0.0
+
+
+def test_tied_weights_survive_save_and_load(tmp_path):
+    from archlab.models.config import config_to_dict
+    model = build_model({"preset": "gpt-baby", "n_layers": 1})
+    ckpt.write_model_folder(tmp_path / "ck", model, config_to_dict(model.config))
+    loaded = build_model(ckpt.read_model_config(tmp_path / "ck"))
+    ckpt.load_weights(loaded, tmp_path / "ck")
+    assert loaded.lm_head.weight is loaded.tok_emb.weight
+    assert torch.equal(loaded.tok_emb.weight, model.tok_emb.weight)
+    stored = load_file(tmp_path / "ck" / "model.safetensors")
+    assert len({"lm_head.weight", "tok_emb.weight"} & stored.keys()) == 1  # stored once
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from archlab.tasks.image_classification import ImageClassification
+    real_loss = ImageClassification.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch):
+        calls["n"] += 1
+        loss = real_loss(self, model, batch)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(ImageClassification, "loss", poisoned)
+    run_dir = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*last good checkpoint"):
+        Trainer(load_run_config(digits_run(max_steps=10, save_every=2)), run_dir, quiet=True).fit()
+    assert (run_dir / "checkpoints" / "last" / "step.txt").read_text() == "4"
+    state = ckpt.load_trainer_state(run_dir / "checkpoints" / "last")
+    assert state["step"] == 4
+
+
+def test_corrupt_checkpoint_is_named_and_left_alone(tmp_path):
+    run_dir = train(tmp_path, "corrupt", max_steps=2)
+    bad = run_dir / "checkpoints" / "last" / "model.safetensors"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors is corrupt or truncated"):
+        Trainer(load_run_config(digits_run(max_steps=4)), run_dir, resume=True, quiet=True).fit()
+    assert bad.read_bytes() == data[: len(data) // 2]  # nothing overwritten
+    state = run_dir / "checkpoints" / "last" / "trainer_state" / "state.pt"
+    state.write_bytes(b"not a zip")
+    with pytest.raises(ckpt.CheckpointError, match="state.pt is corrupt"):
+        ckpt.load_trainer_state(run_dir / "checkpoints" / "last")
+
+
+def test_config_errors_name_key_section_and_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'lr_rate' in section 'train'.*Did you mean 'lr'"):
+        load_run_config(digits_run(lr_rate=0.1))
+    with pytest.raises(ConfigError, match=r"train.batch_size: expected an integer, got 'big'"):
+        load_run_config(digits_run(batch_size="big"))
+    with pytest.raises(ConfigError, match=r"train.schedule: 'cosin' is not allowed.*'cosine'"):
+        load_run_config(digits_run(schedule="cosin"))
+    with pytest.raises(ConfigError, match=r"unknown task 'imag_classification'"):
+        load_run_config({**digits_run(), "task": "imag_classification"})
+    with pytest.raises(ConfigError, match=r"unknown key 'datset' in section 'data'.*'dataset'"):
+        Trainer(load_run_config({**digits_run(), "data": {"datset": "digits"}}), tmp_path / "x")
+    path = tmp_path / "bad.yaml"
+    path.write_text("task: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_run_config(path)
+
+
+def test_missing_data_says_where_and_how(tmp_path, monkeypatch):
+    from archlab.data import images
+    from archlab.data.images import DataError, load_image_dataset
+    monkeypatch.setenv("ARCHLAB_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setattr(images, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    with pytest.raises(DataError, match=r"(?s)nothing.*apt-get install dataset-fashion-mnist"):
+        load_image_dataset("fashion-mnist", data_dir=tmp_path / "empty", fallback=False)
+
+
+def test_weight_decay_skips_norms_biases_embeddings():
+    model = build_model({"preset": "gpt-baby", "n_layers": 1, "bias": True})
+    opt = build_optimizer(model, TrainConfig(max_steps=1, weight_decay=0.1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert "transformer.blocks.0.attn.qkv_proj.weight" in names
+    assert not any(("norm" in n or n.endswith("bias") or "emb" in n) for n in names)
+
+
+def test_schedules():
+    noam = lr_lambda(TrainConfig(max_steps=100, schedule="noam", warmup_steps=10), 100)
+    assert noam(9) == pytest.approx(1.0) and noam(4) == pytest.approx(0.5) and noam(39) == pytest.approx(0.5)
+    cos = lr_lambda(TrainConfig(max_steps=100, lr=1e-3, min_lr=1e-4, schedule="cosine", warmup_steps=10), 100)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(99) == pytest.approx(0.1)
+    lin = lr_lambda(TrainConfig(max_steps=10, schedule="linear"), 10)
+    assert lin(9) == pytest.approx(0.0) and lin(4) == pytest.approx(0.5)
+
+
+def test_two_process_ddp_equals_one_process(tmp_path):
+    import yaml
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(digits_run(max_steps=3, batch_size=16, optimizer="sgd", lr=0.05)))  # see above
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "archlab", "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / "one")],
+                   env=env, check=True, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "archlab", "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / "two")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) <= 1e-6
