@@ -58,6 +58,42 @@ def cmd_predict(args) -> None:
         raise ValueError("no image could be read")
 
 
+def cmd_translate(args) -> None:
+    from .tasks.translation import cli_translate
+
+    cli_translate(args)
+
+
+def cmd_generate(args) -> None:
+    from .tasks.language_modeling import cli_generate
+
+    cli_generate(args)
+
+
+def cmd_classify(args) -> None:
+    from .tasks.text_classification import cli_classify
+
+    cli_classify(args)
+
+
+def cmd_data_prepare(args) -> None:
+    from .data.prepare import prepare
+
+    prepare(args)
+
+
+def cmd_compare(args) -> None:
+    from .compare import cli_compare
+
+    cli_compare(args)
+
+
+def cmd_demo(args) -> None:
+    from .demo import cli_demo
+
+    cli_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archlab", description="Model structures behind large models, trained for real.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -87,6 +123,63 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", help="PNG/JPEG files")
     s.add_argument("--top", type=int, default=3)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("translate", help="translate text with a translation run (greedy or beam search)")
+    s.add_argument("run", help="run folder or checkpoint folder")
+    s.add_argument("text", nargs="*", help="sentences to translate (or --input FILE)")
+    s.add_argument("--input", help="a file with one sentence per line")
+    s.add_argument("--output", help="write translations here (default: print)")
+    s.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy")
+    s.add_argument("--length-penalty", type=float, default=0.6)
+    s.add_argument("--max-len-ratio", type=float, default=1.5, help="longest output = ratio x source length + 10")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.set_defaults(func=cmd_translate)
+
+    s = sub.add_parser("generate", help="generate text with a GPT run (streams tokens, KV cache)")
+    s.add_argument("run", help="run folder or checkpoint folder")
+    s.add_argument("--prompt", default="", help="text to continue")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--num-samples", type=int, default=1)
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("classify", help="classify text with a text-classification run")
+    s.add_argument("run", help="run folder or checkpoint folder")
+    s.add_argument("text", nargs="+", help="texts to classify")
+    s.add_argument("--top", type=int, default=3)
+    s.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("data", help="prepare the real data sets")
+    data_sub = s.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    s = data_sub.add_parser("prepare", help="export / split / locate a data set")
+    s.add_argument("dataset", choices=["fashion-mnist", "bible", "fortunes", "tang"])
+    s.add_argument("--out", help="output folder (default data/<dataset>)")
+    s.add_argument("--download", action="store_true", help="fashion-mnist: download (with checksums) when not installed")
+    s.add_argument("--src", default="spaRV1909eb", help="bible: source SWORD module")
+    s.add_argument("--tgt", default="engWEB2015eb", help="bible: target SWORD module")
+    s.add_argument("--books", default="Genesis-Revelation", help="bible: diatheke key range")
+    s.set_defaults(func=cmd_data_prepare)
+
+    s = sub.add_parser("compare", help="train variants of a recipe at equal compute, several seeds, and compare")
+    s.add_argument("configs", nargs="+", help="recipes (YAML) or comparison specs (configs/compare/*.yaml)")
+    s.add_argument("--vary", action="append", metavar="KEY=V1,V2", help="a config key and the values to try")
+    budget = s.add_mutually_exclusive_group()
+    budget.add_argument("--budget-flops", type=float, help="training FLOPs per variant (analytic count)")
+    budget.add_argument("--budget-seconds", type=float, help="training seconds per variant")
+    budget.add_argument("--budget-steps", type=int, help="optimizer steps per variant")
+    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--out", help="comparison folder (default runs/compare-<name>)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config value")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("demo", help="the whole article end to end with real data; one HTML report")
+    s.add_argument("--quick", action="store_true", help="at most ~2 minutes")
+    s.add_argument("--out", help="output folder (default runs/demo-<timestamp>)")
+    s.set_defaults(func=cmd_demo)
     return p
 
 

@@ -1,9 +1,34 @@
-"""Tasks by name: each composes data, a model, a loss, metrics and predictions."""
+"""Tasks by name: each composes data, a model, a loss, metrics and predictions.
+
+Imported lazily, so `archlab summary` or one task's run never pays for the others' imports."""
 from __future__ import annotations
 
-from .base import Task
-from .image_classification import ImageClassification
+import importlib
+from collections.abc import Mapping
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (ImageClassification,)}
+from .base import Task
+
+_REGISTRY = {
+    "image_classification": "image_classification:ImageClassification",
+    "translation": "translation:Translation",
+    "language_modeling": "language_modeling:LanguageModeling",
+    "masked_lm": "language_modeling:MaskedLanguageModeling",
+    "text_classification": "text_classification:TextClassification",
+}
+
+
+class _Tasks(Mapping):
+    def __getitem__(self, name: str) -> type[Task]:
+        module, cls = _REGISTRY[name].split(":")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+    def __iter__(self):
+        return iter(_REGISTRY)
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+
+TASKS: Mapping[str, type[Task]] = _Tasks()
 
 __all__ = ["TASKS", "Task"]
