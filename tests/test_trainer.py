@@ -183,15 +183,19 @@ def test_schedules():
     assert lin(9) == pytest.approx(0.0) and lin(4) == pytest.approx(0.5)
 
 
-def test_two_process_ddp_equals_one_process(tmp_path):
+def test_two_process_ddp_and_fsdp_equal_one_process(tmp_path):
     import yaml
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump(digits_run(max_steps=3, batch_size=16, optimizer="sgd", lr=0.05)))  # see above
+    vit = {"family": "vit", "image_size": 28, "patch_size": 7, "d_model": 32, "n_heads": 2, "n_layers": 2, "d_ff": 64}
+    run = {**digits_run(max_steps=3, batch_size=16, optimizer="sgd", lr=0.05), "model": vit}  # sgd: see above
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "archlab", "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / "one")],
-                   env=env, check=True, capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "archlab", "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / "two")],
-                       env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) <= 1e-6
+    for name, strategy in (("ddp", "ddp"), ("fsdp", "fsdp")):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump({**run, "train": {**run["train"], "distributed": strategy}}))
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "archlab", "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / name)],
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "archlab", "train", str(tmp_path / "ddp.yaml"), "--quiet", "--run-dir",
+                    str(tmp_path / "one")], env=env, check=True, capture_output=True)
+    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "ddp")) <= 1e-6
+    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "fsdp")) <= 1e-6

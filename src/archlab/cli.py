@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget-flops", type=float, help="training FLOPs per variant (analytic count)")
     budget.add_argument("--budget-seconds", type=float, help="training seconds per variant")
     budget.add_argument("--budget-steps", type=int, help="optimizer steps per variant")
-    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the spec's, else 3)")
     s.add_argument("--out", help="comparison folder (default runs/compare-<name>)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config value")
     s.add_argument("--quiet", action="store_true")

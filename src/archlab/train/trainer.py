@@ -106,6 +106,14 @@ class Trainer:
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                          else contextlib.nullcontext())
 
+    def _plain_model(self, folder: Path) -> nn.Module:
+        """An unsharded model with a checkpoint's weights (FSDP runs)."""
+        from ..models import build_model
+
+        model = build_model(self.model.config).to(self.device)
+        ckpt.load_weights(model, folder)
+        return model
+
     def _apply_finetune(self, model: nn.Module) -> None:
         mode = self.run.finetune.mode
         if mode == "full":
@@ -124,16 +132,42 @@ class Trainer:
             raise RuntimeError(f"finetune.mode={mode!r} left no trainable parameter")
 
     # --- state -----------------------------------------------------------------------------------
-    def _trainer_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+    @property
+    def sharded(self) -> bool:
+        return self.dist.enabled and self.cfg.distributed == "fsdp"
+
+    def _full_state(self) -> tuple[nn.Module, dict | None]:
+        """FSDP: gather full weights and optimizer state (every process takes part); the main process
+        gets an unsharded copy of the model to write. Otherwise: the model itself."""
+        if not self.sharded:
+            return self.model, None
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(self.model, options=full)
+        optim = get_optimizer_state_dict(self.model, self.optimizer, options=full)
+        if not self.dist.main:
+            return self.model, None
+        from ..models import build_model
+
+        plain = build_model(self.model.config)
+        plain.load_state_dict(weights)
+        return plain, optim
+
+    def _trainer_state(self, optimizer_state: dict | None = None) -> dict[str, Any]:
+        return {"optimizer": optimizer_state or self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": ckpt.rng_state(),
                 "best": self.best, "bad_evals": self.bad_evals, "train_seconds": self.train_seconds,
                 "units": self.units}
 
     def _save(self, name: str = "last") -> None:
-        """Main process only; the others wait at the barrier of the caller."""
-        ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.model_config,
-                             self._trainer_state() if name == "last" else None, self.task.save_assets,
+        """Called on every process; the main one writes, the others wait at the caller's barrier."""
+        model, optimizer_state = self._full_state()
+        if not self.dist.main:
+            return
+        ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, model, self.model_config,
+                             self._trainer_state(optimizer_state) if name == "last" else None, self.task.save_assets,
                              self.cfg.keep_last, name, self.task.checkpoint_info())
 
     def _restore(self) -> bool:
@@ -141,8 +175,17 @@ class Trainer:
         if folder is None:
             return False
         state = ckpt.load_trainer_state(folder)  # read everything before changing anything
-        ckpt.load_weights(self.model, folder)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            plain = self._plain_model(folder)
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, plain.state_dict(), options=full)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=full)
+        else:
+            ckpt.load_weights(self.model, folder)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         self.best, self.bad_evals = state["best"], int(state["bad_evals"])
@@ -190,8 +233,7 @@ class Trainer:
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
                     stop = self._evaluate_and_save() or stop
                 elif cfg.save_every and self.step % cfg.save_every == 0:
-                    if self.dist.main:
-                        self._save()
+                    self._save()
                     barrier(self.dist)
                 stop = broadcast_object(stop, self.dist)
         finally:
@@ -249,12 +291,14 @@ class Trainer:
                                     "throughput": throughput, "train_seconds": self.train_seconds})
 
     def _evaluate_and_save(self) -> bool:
-        """Evaluate (main process), track the best, save; True when early stopping says stop."""
-        stop = False
-        if self.dist.main:
+        """Evaluate (main process; every process under FSDP, whose forward is collective), track the
+        best, save; True when early stopping says stop."""
+        stop = better = False
+        if self.dist.main or self.sharded:
             self.model.eval()
             with torch.no_grad(), self.autocast:
                 metrics = self.task.evaluate(self.model, "valid", self.cfg.eval_batches)
+        if self.dist.main:
             self.metrics_log.write({"step": self.step, "epoch": self.epoch, "split": "valid", **metrics})
             self.log.print(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             value = metrics.get(self.cfg.metric)
@@ -269,9 +313,10 @@ class Trainer:
                 stop = bool(self.cfg.patience) and self.bad_evals >= self.cfg.patience
                 if stop:
                     self.log.print(f"early stopping: {self.cfg.metric} has not improved for {self.bad_evals} evaluations")
-            if better:
-                self._save("best")
-            self._save("last")
+        better, stop = broadcast_object((better, stop), self.dist)
+        if better:
+            self._save("best")
+        self._save("last")
         barrier(self.dist)
         return stop
 
@@ -279,11 +324,15 @@ class Trainer:
         if not self.dist.main:
             return {}
         best = self.run_dir / "checkpoints" / "best"
+        model = self.model
         if (best / ckpt.MODEL_FILE).exists():
-            ckpt.load_weights(self.model, best)
-        self.model.eval()
+            if self.sharded:
+                model = self._plain_model(best)
+            else:
+                ckpt.load_weights(model, best)
+        model.eval()
         with torch.no_grad(), self.autocast:
-            final = self.task.finish(self.model, self.run_dir)
+            final = self.task.finish(model, self.run_dir)
         metrics = {**final, "best_" + self.cfg.metric: self.best, "steps": self.step, "epochs": self.step / self.steps_per_epoch,
                    "train_seconds": round(self.train_seconds, 2),
                    "throughput": self.units / max(self.train_seconds, 1e-9), "throughput_unit": f"{self.task.unit}/s",
