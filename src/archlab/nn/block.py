@@ -88,23 +88,28 @@ class TransformerBlock(nn.Module):
             self.cross_attn = None
         self.ffn_norm = norm()
         self.ffn = build_ffn(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None  # skipped, not called, when off
 
-    def _residual(self, x: Tensor, norm: nn.Module, branch) -> Tensor:
-        if self.pre_norm:
-            return x + self.dropout(branch(norm(x)))
-        return norm(x + self.dropout(branch(x)))
+    def _drop(self, x: Tensor) -> Tensor:
+        return self.dropout(x) if self.dropout is not None else x
 
     def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, causal: bool = False,
                 rotary: Rotary | None = None, bias: Tensor | None = None, cache: KVCache | None = None,
                 context: Tensor | None = None, context_padding_mask: Tensor | None = None,
                 cross_cache: KVCache | None = None, need_weights: bool = False) -> Tensor:
-        x = self._residual(x, self.attn_norm, lambda h: self.attn(
-            h, key_padding_mask=key_padding_mask, causal=causal, rotary=rotary, bias=bias, cache=cache,
-            need_weights=need_weights))
+        # written out rather than through a helper: this runs once per layer per decoded token
+        attn_kw = dict(key_padding_mask=key_padding_mask, causal=causal, rotary=rotary, bias=bias, cache=cache,
+                       need_weights=need_weights)
+        if self.pre_norm:
+            x = x + self._drop(self.attn(self.attn_norm(x), **attn_kw))
+        else:
+            x = self.attn_norm(x + self._drop(self.attn(x, **attn_kw)))
         if self.cross_attn is not None:
-            x = self._residual(x, self.cross_norm, lambda h: self.cross_attn(
-                h, context, key_padding_mask=context_padding_mask, cache=cross_cache, need_weights=need_weights))
+            cross_kw = dict(key_padding_mask=context_padding_mask, cache=cross_cache, need_weights=need_weights)
+            if self.pre_norm:
+                x = x + self._drop(self.cross_attn(self.cross_norm(x), context, **cross_kw))
+            else:
+                x = self.cross_norm(x + self._drop(self.cross_attn(x, context, **cross_kw)))
         # the FFN's own dropout already sits on its output
         if self.pre_norm:
             return x + self.ffn(self.ffn_norm(x))

@@ -21,10 +21,11 @@ class MLP(nn.Module):
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
         self.act = ACTIVATIONS[activation]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.down(self.act(self.up(x))))
+        y = self.down(self.act(self.up(x)))
+        return self.dropout(y) if self.dropout is not None else y
 
 
 class SwiGLU(nn.Module):
@@ -34,11 +35,12 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.dropout(self.down(F.silu(gate) * up))
+        y = self.down(F.silu(gate) * up)
+        return self.dropout(y) if self.dropout is not None else y
 
 
 def swiglu_hidden(d_ff: int) -> int:

@@ -1,0 +1,83 @@
+"""Text generation from a causal LM: greedy or sampled (temperature, top-k, top-p), with the KV cache.
+
+The prompt is run once (prefill) into pre-allocated caches; each new token then costs one
+single-position forward. When the context is full, the window slides: the cache is refilled with
+the last half of the context, so the model never sees more positions than it was built for.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """(B, V) logits with everything outside the top-k / the top-p nucleus set to -inf."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the mass before it already reaches top_p (the first token always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def next_token(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+               generator: torch.Generator | None) -> Tensor:
+    """(B, V) -> (B, 1). temperature 0 is greedy."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.inference_mode()
+def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             eos_id: int | None = None, on_token: Callable[[int], None] | None = None,
+             use_cache: bool = True) -> Tensor:
+    """idx: (B, T) prompt ids -> (B, T + n) with n <= max_new_tokens (stops early when every row hit EOS).
+
+    on_token(id) is called for each new token of row 0 as soon as it exists (streaming).
+    """
+    model.eval()
+    limit = model.config.max_seq_len
+    out = idx
+    if not use_cache:  # the reference path: re-run the whole (cropped) context for every token
+        for _ in range(max_new_tokens):
+            logits = model(out[:, -limit:])[:, -1].float()
+            tok = next_token(logits, temperature, top_k, top_p, generator)
+            out = torch.cat([out, tok], dim=1)
+            if on_token is not None:
+                on_token(int(tok[0]))
+            if eos_id is not None and bool((tok == eos_id).all()):
+                break
+        return out
+    B, T = idx.shape
+    out = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=idx.device)  # no torch.cat per token
+    out[:, :T] = idx
+    caches = model.new_caches(B, limit)
+    logits = model(idx[:, -(limit - 1):], caches=caches)[:, -1].float()  # prefill
+    done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    n = T
+    for _ in range(max_new_tokens):
+        tok = next_token(logits, temperature, top_k, top_p, generator)
+        out[:, n] = tok[:, 0]
+        n += 1
+        if on_token is not None:
+            on_token(int(tok[0]))
+        if eos_id is not None:
+            done |= tok[:, 0] == eos_id
+            if bool(done.all()):
+                break
+        if caches[0].length == limit:  # context full: slide the window by refilling half of it
+            caches = model.new_caches(B, limit)
+            logits = model(out[:, n - limit // 2:n], caches=caches)[:, -1].float()
+        else:
+            logits = model(tok, caches=caches)[:, -1].float()
+    return out[:, :n]
