@@ -1,0 +1,279 @@
+"""Language-model training: archlab's Trainer against an independent nanoGPT-style reference.
+
+Side by side in one run, same data (World English Bible, characters), same seed:
+  1. quality: both train configs/gpt_char_bible.yaml's baby GPT for 2000 iterations; validation
+     loss on the same fixed 200 validation batches;
+  2. speed: tokens/s of training steps, in alternating rounds (the machine drifts; medians), at the
+     baby shape and at 6 layers x 384 wide x context 256;
+  3. hardware use at the larger shape: FLOPs per token (6N + 12*L*d*T) x tokens/s against the
+     machine's fp32 matrix-multiply rate measured in the same run.
+
+    python benchmarks/lm.py [--threads 2] [--iters 2000] [--rounds 5] [--out benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from archlab.train.config import load_run_config  # noqa: E402
+from archlab.train.trainer import Trainer  # noqa: E402
+
+
+# --- the reference: nanoGPT's model.py, condensed ---------------------------------------------------
+
+class RefAttention(nn.Module):
+    def __init__(self, d, h, bias):
+        super().__init__()
+        self.c_attn = nn.Linear(d, 3 * d, bias=bias)
+        self.c_proj = nn.Linear(d, d, bias=bias)
+        self.h = h
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class RefBlock(nn.Module):
+    def __init__(self, d, h, bias):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(d, bias=bias), nn.LayerNorm(d, bias=bias)
+        self.attn = RefAttention(d, h, bias)
+        self.c_fc, self.c_proj = nn.Linear(d, 4 * d, bias=bias), nn.Linear(4 * d, d, bias=bias)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class RefGPT(nn.Module):
+    def __init__(self, vocab, block, n_layer, n_head, d, bias=False):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(block, d)
+        self.h = nn.ModuleList(RefBlock(d, n_head, bias) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d, bias=bias)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.wte.weight = self.lm_head.weight
+        self.apply(self._init)
+        for n, p in self.named_parameters():
+            if n.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, idx):
+        pos = torch.arange(idx.size(1))
+        x = self.wte(idx) + self.wpe(pos)
+        for b in self.h:
+            x = b(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def ref_optimizer(model, lr, wd, betas):
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    fused = "fused" in inspect.signature(torch.optim.AdamW).parameters
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=betas, fused=fused)
+
+
+def ref_lr(it, lr=1e-3, min_lr=1e-4, warmup=100, decay_iters=2000):
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    ratio = min(1.0, (it - warmup) / (decay_iters - warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+class RefTrainer:
+    """nanoGPT's train.py loop: random blocks, AdamW, warm-up + cosine, grad clip 1.0."""
+
+    def __init__(self, data, vocab, block, n_layer, n_head, d, batch, iters, seed):
+        torch.manual_seed(seed)
+        self.data, self.block, self.batch, self.iters = data, block, batch, iters
+        self.model = RefGPT(vocab, block, n_layer, n_head, d)
+        self.opt = ref_optimizer(self.model, 1e-3, 0.1, (0.9, 0.99))
+        self.it = 0
+
+    def get_batch(self):
+        ix = torch.randint(len(self.data) - self.block, (self.batch,))
+        x = torch.stack([self.data[i:i + self.block] for i in ix])
+        y = torch.stack([self.data[i + 1:i + 1 + self.block] for i in ix])
+        return x, y
+
+    def step(self):
+        for g in self.opt.param_groups:
+            g["lr"] = ref_lr(self.it, decay_iters=self.iters)
+        x, y = self.get_batch()
+        logits = self.model(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.it += 1
+        return loss.item()
+
+
+# --- archlab ---------------------------------------------------------------------------------------
+
+def archlab_run(iters, run_dir, model=None, eval_every=None, compile_=False, threads=2):
+    import yaml
+
+    run = yaml.safe_load((ROOT / "configs" / "gpt_char_bible.yaml").read_text())
+    run["train"].update(max_steps=iters, eval_every=eval_every or iters, threads=threads, compile=compile_,
+                        log_every=max(1, iters // 20))
+    if model:
+        run["model"] = {**run["model"], **model}
+    return Trainer(load_run_config(run), run_dir, quiet=True)
+
+
+def timed_steps(step, n):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def matmul_rate(n=1024, repeats=20):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def speed_round(shape, rounds, steps, threads, compile_, out):
+    """Alternating rounds of `steps` training steps each; returns median tokens/s of both."""
+    layers, heads, d, block, batch = shape
+    trainer = archlab_run(10 ** 6, out / f"speed-{layers}x{d}", dict(n_layers=layers, n_heads=heads, d_model=d,
+                                                                    max_seq_len=block), compile_=compile_,
+                          threads=threads)
+    trainer.run.train.batch_size = batch
+    trainer._setup()
+    plan = trainer.task.epoch_plan(0, batch, 0)
+    trainer.step = 0
+    ref = RefTrainer(trainer.task.splits["train"], trainer.task.tokenizer.vocab_size, block, layers, heads, d, batch,
+                     10 ** 6, 0)
+
+    def ours():
+        trainer._train_step(plan[trainer.step % len(plan)])
+        trainer.step += 1
+
+    timed_steps(ours, 3)  # warm-up (and compilation)
+    timed_steps(ref.step, 3)
+    ours_t, ref_t = [], []
+    for _ in range(rounds):
+        ours_t += timed_steps(ours, steps)
+        ref_t += timed_steps(ref.step, steps)
+    tokens = batch * block
+    n_params = sum(p.numel() for p in trainer.model.parameters()) - trainer.model.positions.additive.embedding.weight.numel()
+    flops_per_token = 6 * n_params + 12 * layers * d * block
+    return {"shape": f"{layers} layers x {d} wide x context {block}, batch {batch}",
+            "archlab_tokens_s": tokens / statistics.median(ours_t), "reference_tokens_s": tokens / statistics.median(ref_t),
+            "flops_per_token": flops_per_token, "params_non_embedding_pos": n_params}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile archlab's model (train.compile)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    work = Path("/tmp/archlab-bench-lm")
+    results = {"date": str(date.today()), "torch": torch.__version__, "threads": args.threads,
+               "cpu": subprocess.run("lscpu | grep 'Model name' | cut -d: -f2", shell=True, capture_output=True,
+                                     text=True).stdout.strip() or platform.processor(), "compile": args.compile}
+    if not args.skip_quality:
+        trainer = archlab_run(args.iters, work / "quality-archlab", compile_=args.compile, threads=args.threads)
+        t0 = time.perf_counter()
+        metrics = trainer.fit()
+        task = trainer.task
+        ref = RefTrainer(task.splits["train"], task.tokenizer.vocab_size, 64, 4, 4, 128, 12, args.iters, 0)
+        ref_times = timed_steps(ref.step, args.iters)
+        ref.model.eval()
+        with torch.no_grad():
+            ref_val = task.evaluate(ref.model, "valid", 200)["val_loss"]
+            ours_val = task.evaluate(trainer.model.eval(), "valid", 200)["val_loss"]
+        results["quality"] = {"iters": args.iters, "archlab_val_loss": ours_val, "reference_val_loss": ref_val,
+                              "difference": ours_val - ref_val, "archlab_tokens_s": metrics["throughput"],
+                              "reference_tokens_s": 12 * 64 * args.iters / sum(ref_times),
+                              "archlab_wall_s": time.perf_counter() - t0}
+        print(json.dumps(results["quality"], indent=2))
+    rate = matmul_rate()
+    results["matmul_flops_s"] = rate
+    speed = []
+    for shape in [(4, 4, 128, 64, 12), (6, 6, 384, 256, 12)]:
+        r = speed_round(shape, args.rounds, 10 if shape[2] < 256 else 4, args.threads, args.compile, work)
+        r["ratio"] = r["archlab_tokens_s"] / r["reference_tokens_s"]
+        r["archlab_mfu"] = r["archlab_tokens_s"] * r["flops_per_token"] / rate
+        r["reference_mfu"] = r["reference_tokens_s"] * r["flops_per_token"] / rate
+        speed.append(r)
+        print(json.dumps(r, indent=2))
+    results["speed"] = speed
+    results["matmul_flops_s_after"] = matmul_rate()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lm.json").write_text(json.dumps(results, indent=2))
+    write_markdown(results, out / "lm.md")
+
+
+def write_markdown(r, path):
+    lines = ["## Language-model training (benchmarks/lm.py)", "",
+             f"{r['date']}, {r['cpu']}, torch {r['torch']}, {r['threads']} threads"
+             f"{', archlab model torch.compile-d' if r['compile'] else ''}. Reference: a nanoGPT-style plain-PyTorch "
+             "GPT and training loop written in the benchmark (SDPA attention, fused AdamW, same data and seed).", ""]
+    if "quality" in r:
+        q = r["quality"]
+        lines += [f"Baby GPT (configs/gpt_char_bible.yaml) on the World English Bible, characters, {q['iters']} "
+                  "iterations; validation loss on the same 200 fixed validation batches:", "",
+                  "| | validation loss | training tokens/s |", "|---|---|---|",
+                  f"| archlab | {q['archlab_val_loss']:.4f} | {q['archlab_tokens_s']:,.0f} |",
+                  f"| reference | {q['reference_val_loss']:.4f} | {q['reference_tokens_s']:,.0f} |", "",
+                  f"Difference {q['difference']:+.4f} (target: within 0.03).", ""]
+    lines += ["Training speed, median of alternating rounds (tokens/s), and share of the measured fp32 "
+              f"matrix-multiply rate ({r['matmul_flops_s'] / 1e9:.1f} GFLOP/s before, "
+              f"{r['matmul_flops_s_after'] / 1e9:.1f} after); FLOPs per token = 6N + 12·L·d·T:", "",
+              "| shape | archlab tokens/s | reference tokens/s | ratio | archlab MFU | reference MFU |",
+              "|---|---|---|---|---|---|"]
+    for s in r["speed"]:
+        lines.append(f"| {s['shape']} | {s['archlab_tokens_s']:,.0f} | {s['reference_tokens_s']:,.0f} | "
+                     f"{s['ratio']:.2f}× | {s['archlab_mfu']:.0%} | {s['reference_mfu']:.0%} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
