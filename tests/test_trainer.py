@@ -199,3 +199,17 @@ def test_two_process_ddp_and_fsdp_equal_one_process(tmp_path):
                     str(tmp_path / "one")], env=env, check=True, capture_output=True)
     assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "ddp")) <= 1e-6
     assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "fsdp")) <= 1e-6
+
+
+def test_early_stopping_and_best_tracking(tmp_path):
+    # a learning rate too small to move the weights: the metric never improves after the first evaluation
+    run_dir = tmp_path / "early"
+    metrics = Trainer(load_run_config(digits_run(max_steps=50, lr=1e-12, eval_every=1, patience=2,
+                                                 metric="val_loss", metric_mode="min")), run_dir, quiet=True).fit()
+    assert metrics["steps"] == 3  # best at step 1, no improvement at 2 and 3
+    assert (run_dir / "checkpoints" / "best" / "step.txt").read_text() == "1"
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    metrics = Trainer(load_run_config(digits_run(max_steps=3, precision="bf16")), tmp_path / "bf16", quiet=True).fit()
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
