@@ -118,6 +118,11 @@ def build_spec(configs: list[str], vary: list[str] | None = None, sets: list[str
             variants.append(Variant(" / ".join(parts) or "base", run))
     if len({v.name for v in variants}) < len(variants):
         raise ConfigError("two variants have the same name; give the recipes or levels distinct names")
+    if "budget" in spec_fields:
+        budget = spec_fields["budget"]
+        if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in ("flops", "seconds", "steps"):
+            raise ConfigError(f"budget must be one of {{flops: F}}, {{seconds: S}}, {{steps: N}}; got {budget!r}")
+        spec_fields["budget"] = {k: float(v) for k, v in budget.items()}  # YAML reads 2.0e12 as a string
     return Spec(name="-".join(names), variants=variants, **spec_fields)
 
 
