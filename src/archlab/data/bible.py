@@ -201,13 +201,9 @@ def align(src: list[Verse], tgt: list[Verse]) -> tuple[list[tuple[Verse, Verse]]
     """Pair verses by (book, chapter, verse), in canonical order.
 
     Empty verses are dropped first (counted per side in dropped_empty), then the non-empty verses
-    with no partner (dropped_unmatched, per side). Known limit, not fixed here: RV1909 keeps the
-    Spanish (Hebrew-based) verse numbering inside SWORD's KJV skeleton; where the two differ it
-    leaves a chapter's last verse(s) empty (its 18 empty verses, e.g. Jonah 1:17, Job 38:39-41)
-    and the text drifts by one to five verses (Numbers 13 and 30, 1 Samuel 24, 2 Chronicles 33,
-    Job 39-40, Hosea 12, Jonah 2: ~175 of the ~31k Spanish-English pairs, all in train).
-    WEB's own empty verses (Luke 17:36, Acts 8:37, ...) are text-critical omissions and shift
-    nothing; WEB does move Romans 16:25-27 into 14:23.
+    with no partner (dropped_unmatched, per side). Verse numbers are trusted here: the chapters
+    where two modules number verses differently are found by misnumbered_chapters(), and
+    prepare_bible drops them.
     """
     s = {_key(v): v for v in src if v.text}
     t = {_key(v): v for v in tgt if v.text}
@@ -216,6 +212,38 @@ def align(src: list[Verse], tgt: list[Verse]) -> tuple[list[tuple[Verse, Verse]]
              "dropped_empty": {"src": sum(not v.text for v in src), "tgt": sum(not v.text for v in tgt)},
              "dropped_unmatched": {"src": len(s.keys() - t.keys()), "tgt": len(t.keys() - s.keys())}}
     return pairs, stats
+
+
+def misnumbered_chapters(src: list[Verse], tgt: list[Verse]) -> list[tuple[str, int]]:
+    """(book, chapter) pairs whose verses the two modules do not number alike, in canonical order.
+
+    RV1909 keeps the Spanish (Hebrew-based) verse numbering inside SWORD's KJV skeleton. Where the
+    two differ it leaves a verse empty (its 18 empty verses: Jonah 1:17, Job 38:39-41, ...) and
+    either merges that verse into its neighbour (2 Samuel 20:25-26, Acts 19:40-41) or shifts the
+    chapter's text (2 Chronicles 33, 2 Corinthians 13). When the empty verses end the chapter, the
+    Hebrew numbering opens the next chapter with them, so that chapter drifts by one to five verses
+    (Numbers 13 and 30, 1 Samuel 24, Job 39, Hosea 12, Jonah 2). The mark of all of these is a
+    verse empty on one side only; such a chapter is misnumbered, and so is the next chapter of the
+    book when the empty verses are the chapter's last. WEB's own empty verses (Luke 17:36, Acts
+    8:37, ...) are text-critical omissions that shift nothing; their chapters go too, which costs
+    a few correct pairs but keeps the rule one rule.
+    """
+    has_text = [{(v.book, v.chapter, v.verse): bool(v.text) for v in side} for side in (src, tgt)]
+    last = [{}, {}]  # per side: (book, chapter) -> its last verse with text
+    for i, side in enumerate((src, tgt)):
+        for v in side:
+            if v.text:
+                last[i][v.book, v.chapter] = max(last[i].get((v.book, v.chapter), 0), v.verse)
+    chapters = {(v.book, v.chapter) for v in src + tgt}
+    bad = set()
+    for i in (0, 1):
+        for (book, chapter, verse), text in has_text[i].items():
+            if text or not has_text[1 - i].get((book, chapter, verse)):
+                continue  # not an empty verse facing text
+            bad.add((book, chapter))
+            if verse > last[i].get((book, chapter), 0) and (book, chapter + 1) in chapters:
+                bad.add((book, chapter + 1))
+    return sorted(bad, key=lambda bc: (_BOOK_INDEX[bc[0]], bc[1]))
 
 
 def split_by_book(pairs: list[tuple[Verse, Verse]]) -> dict[str, list[tuple[Verse, Verse]]]:
@@ -235,8 +263,14 @@ def prepare_bible(src_module: str, tgt_module: str, out_dir: Path,
                   books: str = "Genesis-Revelation") -> dict:
     """Write out_dir/{train,valid,test}.tsv (src<TAB>tgt), .ref (`Book C:V` per line) and
     stats.json; return the stats. Deterministic: same modules, same bytes."""
-    pairs, stats = align(read_module(src_module, books), read_module(tgt_module, books))
-    splits = split_by_book(pairs)
+    src, tgt = read_module(src_module, books), read_module(tgt_module, books)
+    pairs, stats = align(src, tgt)
+    bad = misnumbered_chapters(src, tgt)
+    drop = set(bad)
+    kept = [p for p in pairs if (p[0].book, p[0].chapter) not in drop]
+    stats["dropped_misnumbered"] = {"chapters": [f"{b} {c}" for b, c in bad], "pairs": len(pairs) - len(kept)}
+    stats["pairs"] = len(kept)
+    splits = split_by_book(kept)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, part in splits.items():

@@ -1,0 +1,109 @@
+"""Greedy and beam search for the encoder-decoder, batched, with the decoder's KV cache.
+
+The source is encoded once; the decoder then runs one position per step against pre-allocated
+self-attention caches and a cross-attention cache filled on the first step. Sentences that are
+done leave the batch (their cache rows are dropped), so a batch costs what its live sentences cost.
+
+Beam search follows fairseq: at each step the 2K best continuations of the K beams are ranked; an
+end-of-sentence among the first K finishes a hypothesis, the K best others go on. A sentence stops
+when it has K finished hypotheses or reaches its length limit; the winner has the best score
+normalised by the GNMT length penalty ((5 + length) / 6) ** alpha. With K = 1 this is greedy search.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+def length_limits(src_lengths: Tensor, ratio: float, cap: int) -> Tensor:
+    """Most tokens to generate per sentence: ratio x source length + 10, at most `cap`."""
+    return (src_lengths.float() * ratio + 10).long().clamp(1, cap)
+
+
+def _start(model: nn.Module, src: Tensor, rows: int, steps: int):
+    """Encode once; -> (memory, source padding mask, caches), each with `rows` rows per sentence."""
+    mask = model.padding_mask(src)
+    memory = model.encode(src, mask)
+    if rows > 1:
+        memory, mask = memory.repeat_interleave(rows, 0), mask.repeat_interleave(rows, 0)
+    return memory, mask, model.new_caches(src.size(0) * rows, steps)
+
+
+def _reorder(caches: list, index: Tensor) -> None:
+    for self_cache, cross_cache in caches:
+        self_cache.reorder(index)
+        cross_cache.reorder(index)
+
+
+def _cut(row: list[int], eos: int) -> list[int]:
+    return row[:row.index(eos)] if eos in row else row
+
+
+@torch.inference_mode()
+def greedy_search(model: nn.Module, src: Tensor, bos: int, eos: int, max_len: Tensor) -> list[list[int]]:
+    """src: (B, S) padded token ids; max_len: (B,) most tokens per output. -> B token lists (no bos/eos)."""
+    B, steps = src.size(0), int(max_len.max())
+    memory, mask, caches = _start(model, src, 1, steps)
+    out = torch.full((B, steps), eos, dtype=torch.long)
+    alive = torch.arange(B)  # sentences still decoding, as rows of `out`
+    token = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
+    for t in range(steps):
+        nxt = model.decode(token, memory, mask, caches)[:, -1].argmax(-1)  # (b,)
+        out[alive, t] = nxt.cpu()
+        keep = (nxt != eos) & (t + 1 < max_len[alive].to(nxt.device))
+        if not keep.any():
+            break
+        if not keep.all():  # drop finished sentences; the cross-attention cache no longer needs memory
+            index = keep.nonzero()[:, 0]
+            _reorder(caches, index)
+            mask, alive = mask[index], alive[index.cpu()]
+        token = nxt[keep][:, None]
+    return [_cut(row, eos) for row in out.tolist()]
+
+
+@torch.inference_mode()
+def beam_search(model: nn.Module, src: Tensor, bos: int, eos: int, max_len: Tensor, beam: int = 4,
+                length_penalty: float = 0.6) -> list[list[int]]:
+    """As greedy_search, keeping `beam` hypotheses per sentence; returns the best finished one."""
+    B, K, steps = src.size(0), beam, int(max_len.max())
+    memory, mask, caches = _start(model, src, K, steps)
+    device = src.device
+    seqs = torch.full((B * K, steps), eos, dtype=torch.long, device=device)  # tokens of the live beams
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start equal: expand only the first at step 0
+    alive = torch.arange(B)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    token = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
+    rank = torch.arange(2 * K, device=device)
+    for t in range(steps):
+        b = len(alive)
+        logp = model.decode(token, memory, mask, caches)[:, -1].float().log_softmax(-1)  # (b*K, V)
+        V = logp.size(-1)
+        top, idx = (scores[:, :, None] + logp.view(b, K, V)).view(b, K * V).topk(2 * K, dim=-1)  # (b, 2K)
+        src_beam, tok = idx // V, idx % V
+        is_eos = tok == eos
+        last = (t + 1 >= max_len[alive]).to(device)  # (b,): every hypothesis ends now
+        final = (rank < K) & (is_eos | last[:, None])
+        for i, c in final.nonzero().tolist():  # finished hypotheses: a few per step, not per token
+            row = i * K + int(src_beam[i, c])
+            tokens = seqs[row, :t].tolist() + ([] if is_eos[i, c] else [int(tok[i, c])])
+            lp = ((5 + t + 1) / 6) ** length_penalty
+            finished[int(alive[i])].append((float(top[i, c]) / lp, tokens))
+        n_done = torch.tensor([len(finished[s]) for s in alive.tolist()], device=device)
+        keep = (n_done < K) & ~last
+        if not keep.any():
+            break
+        # the K best continuations that are not end-of-sentence (there are always K among 2K)
+        go_on = ~is_eos
+        cols = (go_on & (go_on.cumsum(-1) <= K)).nonzero()[:, 1].view(b, K)
+        rows = keep.nonzero()[:, 0]
+        index = (rows[:, None] * K + src_beam[rows].gather(1, cols[rows])).flatten()  # (b' * K,)
+        _reorder(caches, index)
+        mask, seqs = mask[index], seqs[index]
+        new_tok = tok[rows].gather(1, cols[rows])
+        seqs[:, t] = new_tok.flatten()
+        scores = top[rows].gather(1, cols[rows])
+        alive = alive[rows.cpu()]
+        token = new_tok.view(-1, 1)
+    return [max(hyps, key=lambda h: h[0])[1] for hyps in finished]
