@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--num-samples", type=int, default=1)
+    s.add_argument("--compile", action="store_true", help="torch.compile the model first (slow start, faster tokens)")
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("classify", help="classify text with a text-classification run")

@@ -36,16 +36,28 @@ def next_token(logits: Tensor, temperature: float, top_k: int | None, top_p: flo
     return torch.multinomial(probs, 1, generator=generator)
 
 
+def compiled(model: nn.Module):
+    """torch.compile of the model's forward, made once per model (dynamic shapes: the cache grows)."""
+    fn = getattr(model, "_compiled_forward", None)
+    if fn is None:
+        fn = torch.compile(model, dynamic=True)
+        object.__setattr__(model, "_compiled_forward", fn)  # not a submodule: keeps state_dict clean
+    return fn
+
+
 @torch.inference_mode()
 def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
              eos_id: int | None = None, on_token: Callable[[int], None] | None = None,
-             use_cache: bool = True) -> Tensor:
+             use_cache: bool = True, compile: bool = False) -> Tensor:
     """idx: (B, T) prompt ids -> (B, T + n) with n <= max_new_tokens (stops early when every row hit EOS).
 
     on_token(id) is called for each new token of row 0 as soon as it exists (streaming).
+    compile=True runs the model through torch.compile (fused kernels, far less per-token overhead);
+    the first call pays the compilation (tens of seconds on a CPU), later calls reuse it.
     """
     model.eval()
+    step = compiled(model) if compile else model
     limit = model.config.max_seq_len
     out = idx
     if not use_cache:  # the reference path: re-run the whole (cropped) context for every token
@@ -62,7 +74,7 @@ def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: fl
     out = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=idx.device)  # no torch.cat per token
     out[:, :T] = idx
     caches = model.new_caches(B, limit)
-    logits = model(idx[:, -(limit - 1):], caches=caches)[:, -1].float()  # prefill
+    logits = step(idx[:, -(limit - 1):], caches=caches)[:, -1].float()  # prefill
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     n = T
     for _ in range(max_new_tokens):
@@ -77,7 +89,7 @@ def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: fl
                 break
         if caches[0].length == limit:  # context full: slide the window by refilling half of it
             caches = model.new_caches(B, limit)
-            logits = model(out[:, n - limit // 2:n], caches=caches)[:, -1].float()
+            logits = step(out[:, n - limit // 2:n], caches=caches)[:, -1].float()
         else:
-            logits = model(tok, caches=caches)[:, -1].float()
+            logits = step(tok, caches=caches)[:, -1].float()
     return out[:, :n]

@@ -292,6 +292,7 @@ def cli_generate(args) -> None:
 
         t0 = time.perf_counter()
         out = generate(model, torch.tensor([prompt_ids]), args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, generator=generator, eos_id=tok.eos_id, on_token=stream)
+                       top_k=args.top_k, top_p=args.top_p, generator=generator, eos_id=tok.eos_id, on_token=stream,
+                       compile=getattr(args, "compile", False))
         n = out.size(1) - len(prompt_ids)
         print(f"\n[{n} tokens in {time.perf_counter() - t0:.2f} s]", file=sys.stderr)

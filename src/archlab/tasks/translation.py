@@ -49,6 +49,7 @@ class TranslationDataConfig:
     beam: int = 4  # beam size of the final test evaluation
     length_penalty: float = 0.6
     max_len_ratio: float = 1.5  # longest output = ratio x source tokens + 10
+    test_sentences: int | None = None  # score only this many test pairs, spread over the split (demos)
 
     def validate(self) -> None:
         for key in ("vocab_size", "max_tokens", "eval_sentences", "eval_batch_size", "beam"):
@@ -109,6 +110,10 @@ class Translation(Task):
             why = "" if d.files else f" (books {d.books!r} hold no {' or '.join(empty)} book of archlab.data.bible)"
             raise ConfigError(f"data: the {', '.join(empty)} split of {folder} is empty{why}")
         self.text = {s: read_parallel(f, d.src_field, d.tgt_field) for s, f in files.items()}
+        self.test_picks = list(range(len(self.text["test"])))
+        if d.test_sentences and d.test_sentences < len(self.text["test"]):
+            self.test_picks = np.linspace(0, len(self.text["test"]) - 1, d.test_sentences).round().astype(int).tolist()
+            self.text["test"] = [self.text["test"][i] for i in self.test_picks]
         stats = folder / "stats.json"
         self.stats = json.loads(stats.read_text(encoding="utf-8")) if stats.exists() else {}
         self._tokenizer(run_dir)
@@ -309,8 +314,8 @@ class Translation(Task):
         ref = folder / "test.ref"
         if ref.exists():
             lines = ref.read_text(encoding="utf-8").splitlines()
-            if len(lines) == len(self.text["test"]):
-                return lines
+            if len(lines) > self.test_picks[-1]:
+                return [lines[i] for i in self.test_picks]
         return [f"line {i + 1}" for i in range(len(self.text["test"]))]
 
     def plot_attention(self, model: nn.Module, plots: Path) -> None:
