@@ -81,20 +81,38 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title
     return _save(fig, path)
 
 
-def plot_image_grid(images: torch.Tensor, titles: Sequence[str], path: Path, title: str, cols: int = 8,
-                    cmap: str = "gray") -> Path:
-    """images: (N, H, W) or (N, 1, H, W)."""
-    images = images.detach().float().cpu()
-    if images.dim() == 4:
-        images = images[:, 0]
+def plot_image_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[str], path: Path, title: str,
+                    cols: int = 8, cmap: str = "gray", symmetric: bool = False) -> Path:
+    """images: (N, H, W) or (N, 1, H, W), or a list of (H, W) panels of different sizes.
+    symmetric: each panel's colour scale is centred on 0 (signed weights)."""
+    images = [im.detach().float().cpu().reshape(im.shape[-2:]) for im in images]
     n = len(images)
     rows = max(1, (n + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
-            ax.imshow(images[k].numpy(), cmap=cmap)
+            limit = float(images[k].abs().max()) or 1.0
+            ax.imshow(images[k].numpy(), cmap=cmap, **({"vmin": -limit, "vmax": limit} if symmetric else {}))
             ax.set_title(titles[k], fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_image_heatmaps(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str], path: Path,
+                        title: str) -> Path:
+    """Each image (N, H, W) above the same image overlaid with its heat map (N, h, w), stretched to the image."""
+    images, maps = images.detach().float().cpu().reshape(len(images), *images.shape[-2:]), maps.detach().float().cpu()
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.4), squeeze=False)
+    for k in range(n):
+        extent = (0, images.shape[-1], images.shape[-2], 0)
+        axes[0, k].imshow(images[k].numpy(), cmap="gray", extent=extent)
+        axes[0, k].set_title(titles[k], fontsize=7)
+        axes[1, k].imshow(images[k].numpy(), cmap="gray", extent=extent)
+        axes[1, k].imshow(maps[k].numpy(), cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest")
+        axes[0, k].axis("off")
+        axes[1, k].axis("off")
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -19,7 +19,11 @@ def prepare(args) -> None:
                 "/usr/share/datasets/fashion-mnist). Install it with `apt-get install dataset-fashion-mnist`, "
                 "or download it (checksums verified) with `archlab data prepare fashion-mnist --download`.")
         print(describe_data(load_idx_dataset("fashion-mnist", found)))
-        print(f"recipes find it there by themselves; or pass data.data_dir={found}")
+        if find_fashion_mnist() == found:
+            print(f"recipes find it there by themselves; or pass data.data_dir={found}")
+        else:  # a --out or download folder outside the default search
+            print(f"recipes do not look there by themselves: export ARCHLAB_DATA={Path(found).resolve()} "
+                  f"or train with --set data.data_dir={Path(found).resolve()}")
     elif args.dataset == "bible":
         from .bible import prepare_bible
 

@@ -31,6 +31,9 @@ class ImageDataConfig:
     def validate(self) -> None:
         if self.dataset not in ("fashion-mnist", "mnist", "digits"):
             raise ConfigError(f"dataset: {self.dataset!r} is not one of 'fashion-mnist', 'mnist', 'digits'")
+        for key in ("train_subset", "test_subset"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
 
 
 class ImageClassification(Task):
@@ -49,10 +52,12 @@ class ImageClassification(Task):
         test_x, test_y = ds.test_x, ds.test_y
         if d.test_subset:
             test_x, test_y = test_x[: d.test_subset], test_y[: d.test_subset]
-        self.size = self._model_image_size()
+        self.size, self.input_size = self._model_image_size(), ds.train_x.shape[-1]
         self.splits = {"train": (tx, ty), "valid": (vx, vy), "test": (test_x, test_y)}
         mean, std = img.channel_stats(tx)
         self.mean, self.std = list(mean), list(std)
+        # normalised and resized once, not per step: a batch is then one gather (+ augmentation)
+        self.train_inputs = self.to_input(tx, torch.device("cpu"))
         self.augment = d.augment.with_fill(mean, std)
         self.description = (f"{ds.name} from {ds.source}: {len(ty)} training, {len(vy)} validation (held out of "
                             f"the training set), {len(test_y)} test images, {len(self.classes)} classes")
@@ -67,6 +72,13 @@ class ImageClassification(Task):
         if hasattr(self, "classes"):
             cfg.setdefault("n_classes", len(self.classes))
         return model_config(cfg)
+
+    def build_model(self) -> nn.Module:
+        from ..models.cnn import ConvNet
+
+        model = super().build_model()
+        # oneDNN's convolutions run faster in NHWC; the inputs (one channel) are NCHW and NHWC at once
+        return model.to(memory_format=torch.channels_last) if isinstance(model, ConvNet) else model
 
     def head_parameter_prefixes(self) -> tuple[str, ...]:
         return ("head.",)
@@ -84,18 +96,18 @@ class ImageClassification(Task):
         return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]  # full batches only
 
     def collate(self, refs: list[int], generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-        x, y = self.splits["train"]
         idx = torch.tensor(refs)
-        inputs = self.to_input(x[idx], torch.device("cpu"))
+        inputs = self.train_inputs[idx]
         if self.augment.enabled:
             inputs = self.augment(inputs, generator)
-        return {"inputs": inputs.to(device), "targets": y[idx].to(device)}
+        return {"inputs": inputs.to(device), "targets": self.splits["train"][1][idx].to(device)}
 
     def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         return model(batch["inputs"])
 
     # --- evaluation ------------------------------------------------------------------------------
     def predict_split(self, model: nn.Module, split: str, max_batches: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(float32 logits, labels, uint8 images) of a split's first max_batches evaluation batches."""
         x, y = self.splits[split]
         device = next(model.parameters()).device
         bs = self.data.eval_batch_size
@@ -119,37 +131,52 @@ class ImageClassification(Task):
         confusion = np.zeros((k, k), dtype=np.int64)
         np.add.at(confusion, (y.numpy(), pred.numpy()), 1)
         per_class = {c: float(confusion[i, i] / max(1, confusion[i].sum())) for i, c in enumerate(self.classes)}
+        accuracy = (pred == y).float().mean().item()
         plots = run_dir / "plots"
         viz.plot_confusion(confusion, self.classes, plots / "confusion_matrix.png",
-                           f"{self.dataset_name} test set: confusion matrix")
+                           f"{self.dataset_name} test set: confusion matrix (accuracy {accuracy:.2%})")
         wrong = torch.nonzero(pred != y).flatten()[:32]
         if len(wrong):
-            titles = [f"true {self.classes[int(y[i])]}\npred {self.classes[int(pred[i])]}" for i in wrong]
-            viz.plot_image_grid(x[wrong], titles, plots / "misclassified.png", "Misclassified test images")
-        self.plot_filters_and_maps(model, x[0:1], plots)
-        self.per_class, self.confusion = per_class, confusion
-        return {"test_accuracy": (pred == y).float().mean().item(),
-                "test_loss": F.cross_entropy(logits, y).item(), **val,
+            probs = logits[wrong].softmax(-1).max(-1).values
+            titles = [f"true {self.classes[int(y[i])]}\npred {self.classes[int(pred[i])]} {p:.0%}"
+                      for i, p in zip(wrong, probs)]
+            viz.plot_image_grid(x[wrong], titles, plots / "misclassified.png",
+                                f"Misclassified test images (first {len(wrong)} of {int((pred != y).sum())})")
+        self.plot_model(model, x[:8], [self.classes[int(c)] for c in y[:8]], plots)
+        return {"test_accuracy": accuracy, "test_loss": F.cross_entropy(logits, y).item(), **val,
                 "test_examples": len(y), "dataset": self.dataset_name, "data_source": self.source,
                 "per_class_accuracy": per_class}
 
-    def plot_filters_and_maps(self, model: nn.Module, example: Tensor, plots: Path) -> None:
+    def plot_model(self, model: nn.Module, examples: Tensor, labels: list[str], plots: Path) -> None:
+        """First-layer filters; a ConvNet's feature maps after each stage for one test image, or a ViT's
+        attention rollout on a few."""
         from .. import viz
         from ..models.cnn import ConvNet
+        from ..models.vit import ViT
 
         first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-        w = first.weight.detach()[:, 0]  # (out, k, k), first input channel
+        w = first.weight.detach().float()[:64, 0]  # (out, k, k), first input channel
         viz.plot_image_grid(w, [str(i) for i in range(len(w))], plots / "filters.png",
-                            f"First-layer filters ({tuple(first.weight.shape[2:])} kernels)", cmap="RdBu_r")
+                            f"First-layer filters ({len(w)} of {first.out_channels}, {tuple(w.shape[1:])} kernels; "
+                            f"red +, blue -)", cmap="RdBu_r", symmetric=True)
+        device = next(model.parameters()).device
+        inputs = self.to_input(examples, device)
         if isinstance(model, ConvNet):
-            device = next(model.parameters()).device
             with torch.no_grad():
-                maps = model.features(self.to_input(example, device))
+                maps = model.features(inputs[:1])
             for s, fmap in enumerate(maps):
-                fmap = fmap[0, :16].cpu()
-                viz.plot_image_grid(fmap, [f"ch {i}" for i in range(len(fmap))], plots / f"feature_maps_stage{s + 1}.png",
-                                    f"Stage {s + 1} feature maps {tuple(maps[s].shape[1:])} of one test image",
+                panels = [inputs[0, 0], *fmap[0, :15]]  # the input, then 15 channels
+                viz.plot_image_grid(panels, ["input"] + [f"ch {i}" for i in range(len(panels) - 1)],
+                                    plots / f"feature_maps_stage{s + 1}.png",
+                                    f"Stage {s + 1} feature maps {tuple(fmap.shape[1:])} of a test {labels[0]}",
                                     cmap="viridis")
+        elif isinstance(model, ViT):
+            with torch.no_grad():
+                model(inputs, need_weights=True)
+            side = model.config.image_size // model.config.patch_size
+            flow = attention_rollout(model.encoder.attention_weights())[:, 0, 1:]  # [CLS] <- patches, (B, side^2)
+            viz.plot_image_heatmaps(inputs.cpu(), flow.reshape(-1, side, side), labels, plots / "attention_rollout.png",
+                                    "ViT: what the [CLS] token attends to (attention rollout over all layers)")
 
     def report(self, run_dir: Path, metrics: dict[str, Any]) -> str:
         rows = ["## Data", "", self.description, "", "## Per-class test accuracy", "", "| class | accuracy |", "|---|---|"]
@@ -160,7 +187,7 @@ class ImageClassification(Task):
     def save_assets(self, folder: Path) -> None:
         (folder / "labels.json").write_text(json.dumps(
             {"classes": self.classes, "mean": self.mean, "std": self.std, "image_size": self.size,
-             "dataset": self.dataset_name}, indent=2))
+             "input_size": self.input_size, "dataset": self.dataset_name}, indent=2))
 
     def load_assets(self, folder: Path) -> None:
         path = folder / "labels.json"
@@ -169,19 +196,33 @@ class ImageClassification(Task):
         info = json.loads(path.read_text())
         self.classes, self.mean, self.std = info["classes"], info["mean"], info["std"]
         self.size, self.dataset_name = info["image_size"], info["dataset"]
+        self.input_size = info.get("input_size", self.size)
 
     def predict_files(self, model: nn.Module, paths: list[str], top: int = 3) -> list[tuple[str, Any]]:
         """[(path, [(class, probability), ...]) or (path, error message)] — a bad file does not stop the rest."""
-        device = next(model.parameters()).device
-        out = []
+        images, errors = {}, {}
         for p in paths:
-            try:
-                image = img.load_image_file(p, size=(self.size, self.size))
+            try:  # at the training images' size, then resized by to_input exactly as they were
+                images[p] = img.load_image_file(p, size=(self.input_size, self.input_size))
             except img.DataError as e:
-                out.append((p, str(e)))
-                continue
+                errors[p] = str(e)
+        if images:
+            device = next(model.parameters()).device
             with torch.no_grad():
-                probs = model(self.to_input(image[None], device)).softmax(-1)[0].cpu()
+                probs = model(self.to_input(torch.stack(list(images.values())), device)).float().softmax(-1).cpu()
             values, idx = probs.topk(min(top, len(self.classes)))
-            out.append((p, [(self.classes[int(i)], float(v)) for v, i in zip(values, idx)]))
-        return out
+            ranked = {p: [(self.classes[int(i)], float(v)) for v, i in zip(values[n], idx[n])]
+                      for n, p in enumerate(images)}
+        return [(p, errors[p] if p in errors else ranked[p]) for p in paths]
+
+
+def attention_rollout(weights: list[Tensor]) -> Tensor:
+    """Abnar & Zuidema (2020): per layer, average the heads, add the residual (identity) and renormalise,
+    then multiply through the layers. weights: per layer (B, H, T, T) -> (B, T, T) flow from each token."""
+    flow = None
+    for w in weights:
+        a = w.float().mean(1)
+        a = a + torch.eye(a.size(-1), device=a.device)
+        a = a / a.sum(-1, keepdim=True)
+        flow = a if flow is None else a @ flow
+    return flow
