@@ -38,7 +38,8 @@ def load_run(path: str | Path, prefer: str = "best", device: str = "cpu") -> tup
         from .nn.lora import apply_lora
 
         lora = run.finetune.lora
-        apply_lora(model, lora.targets, lora.rank, lora.alpha, lora.dropout)
+        apply_lora(model, lora.targets, lora.rank, lora.alpha, lora.dropout,
+                   trainable_prefixes=task.head_parameter_prefixes())  # as in training: heads are not adapted
     ckpt.load_weights(model, folder)
     return task, model.to(torch.device(device)).eval(), folder
 

@@ -313,8 +313,27 @@ def _fortunes_corpus(names, directory=None) -> str:
     return "\n\n".join(e for n in names for e in read_fortune_file(_fortune_path(n, directory)))
 
 
+_NOT_FOR_PRETRAINING = (*CHINESE_FORTUNES, "ascii-art", "men-women", "ethnic", "drugs")
+
+
+def fortunes_pretraining_text(fortune_dir=None, seed=0) -> str:
+    """Every English fortune file (less pictures and crude jokes), without the validation and test
+    texts of load_fortunes_split: unlabelled text to pretrain a classifier's backbone on without
+    it ever reading a text it is evaluated on. Entries in a seeded random order, so the last 10%
+    (a language model's validation split) holds every file."""
+    directory = Path(fortune_dir or _default_fortune_dir())
+    splits = load_fortunes_split(fortune_dir=fortune_dir, seed=seed)
+    held_out = {_dedup_key(t) for s in ("valid", "test") for t, _ in splits[s]}
+    names = sorted(p.name for p in directory.iterdir()
+                   if p.is_file() and "." not in p.name and p.name not in _NOT_FOR_PRETRAINING)
+    entries = [e for n in names for e in read_fortune_file(directory / n) if _dedup_key(e) not in held_out]
+    random.Random(f"{seed}/pretrain").shuffle(entries)
+    return "\n\n".join(entries)
+
+
 NAMED_CORPORA = {
     "fortunes": "English fortunes of FORTUNE_CATEGORIES (Debian package fortunes)",
+    "fortunes-pretrain": "English fortunes without the classification set's valid/test texts (Debian package fortunes)",
     "tang300": "300 Tang poems (Debian package fortunes-zh)",
     "chinese": "all Chinese fortunes: chinese, song100, tang300 (Debian package fortunes-zh)",
     "bible-web": "World English Bible (archlab.data.bible, module engWEB2015eb)",
@@ -330,6 +349,8 @@ def corpus_text(name_or_path) -> str:
     name = str(name_or_path)
     if name == "fortunes":
         return _fortunes_corpus(FORTUNE_CATEGORIES)
+    if name == "fortunes-pretrain":
+        return fortunes_pretraining_text()
     if name == "tang300":
         return _fortunes_corpus(["tang300"])
     if name == "chinese":

@@ -14,6 +14,11 @@ from .vit import ViT
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"cnn": ConvNet, "gpt": GPT, "bert": Bert, "encdec": EncoderDecoder, "vit": ViT}
 
+from .classifier import GPTClassifier, GPTClassifierConfig  # noqa: E402  (a GPT subclass: after .gpt)
+
+FAMILIES[GPTClassifierConfig.family] = GPTClassifierConfig
+MODEL_CLASSES[GPTClassifierConfig.family] = GPTClassifier
+
 
 def build_model(config: Any) -> nn.Module:
     """A model from a config object, a preset name, or a mapping ({preset: ..., overrides} or {family: ...})."""

@@ -36,6 +36,8 @@ def config_from_hf(hf: dict, n_classes: int = 0) -> BertConfig | GPTConfig:
                          norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
                          position="learned", tie_embeddings=hf.get("tie_word_embeddings", True))
     if kind == "bert":
+        if not n_classes and any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or []):
+            n_classes = len(hf.get("id2label") or {}) or 2
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise HFImportError(f"unsupported position_embedding_type {hf['position_embedding_type']!r}")
         return BertConfig(vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"],
@@ -88,14 +90,19 @@ def _bert_to_ours(sd: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
     return out
 
 
+def state_from_hf(cfg: BertConfig | GPTConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A Hugging Face GPT-2 / BERT state dict under our names (cfg: from config_from_hf)."""
+    try:
+        return (_gpt2_to_ours if isinstance(cfg, GPTConfig) else _bert_to_ours)(state, cfg.n_layers)
+    except KeyError as e:
+        raise HFImportError(f"weight {e.args[0]!r} missing from the Hugging Face state dict") from None
+
+
 def from_hf_state_dict(hf_config: dict, state: dict[str, Tensor], n_classes: int = 0) -> GPT | Bert:
     """Our model with the weights of a Hugging Face GPT-2 / BERT state dict."""
     cfg = config_from_hf(hf_config, n_classes)
     model = GPT(cfg) if isinstance(cfg, GPTConfig) else Bert(cfg)
-    try:
-        ours = (_gpt2_to_ours if isinstance(cfg, GPTConfig) else _bert_to_ours)(state, cfg.n_layers)
-    except KeyError as e:
-        raise HFImportError(f"weight {e.args[0]!r} missing from the Hugging Face state dict") from None
+    ours = state_from_hf(cfg, state)
     own = model.state_dict()
     for name, t in ours.items():
         if name in own and own[name].shape != t.shape:
@@ -112,6 +119,11 @@ def from_hf_state_dict(hf_config: dict, state: dict[str, Tensor], n_classes: int
 
 def load_hf_folder(path: str | Path, n_classes: int = 0) -> GPT | Bert:
     """A Hugging Face model folder (config.json + model.safetensors) as our model."""
+    return from_hf_state_dict(*read_hf_folder(path), n_classes)
+
+
+def read_hf_folder(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json, state dict) of a Hugging Face model folder, with clear errors."""
     path = Path(path)
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     for f in (cfg_file, weights):
@@ -125,14 +137,19 @@ def load_hf_folder(path: str | Path, n_classes: int = 0) -> GPT | Bert:
         state = load_file(weights)
     except Exception as e:  # safetensors raises its own error types
         raise HFImportError(f"{weights} could not be read as safetensors: {e}") from None
-    return from_hf_state_dict(hf_config, state, n_classes)
+    return hf_config, state
 
 
-def to_hf(model: GPT | Bert) -> tuple[dict, dict[str, Tensor]]:
-    """(config.json dict, state dict) in Hugging Face's layout."""
+def to_hf(model: GPT | Bert, labels: list[str] | None = None) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json dict, state dict) in Hugging Face's layout; a BERT classifier (n_classes > 0)
+    as BertForSequenceClassification, with `labels` as its id2label."""
     cfg, sd = model.config, model.state_dict()
     out: dict[str, Tensor] = {}
+    if any(k.endswith(".lora_A") for k in sd):
+        raise HFImportError("the model has LoRA adapters: fold them in first (archlab.nn.lora.merge_lora)")
     if isinstance(model, GPT):
+        if hasattr(model, "score"):
+            raise HFImportError("GPT classifiers do not export to Hugging Face format (only GPT-2 language models)")
         if cfg.position != "learned" or cfg.norm != "layernorm" or not cfg.bias or cfg.norm_placement != "pre" \
                 or cfg.activation not in ("gelu", "gelu_tanh") or cfg.moe is not None or cfg.kv_heads != cfg.n_heads:
             raise HFImportError("only GPT-2-shaped models (learned positions, pre-LayerNorm with biases, GELU MLP, MHA) "
@@ -173,6 +190,13 @@ def to_hf(model: GPT | Bert) -> tuple[dict, dict[str, Tensor]]:
         elif k == "mlm_head.decoder.weight":
             continue  # tied with the word embeddings
         out[name] = v
+    if cfg.n_classes > 0:  # BertForSequenceClassification: the body under "bert.", the classifier at the top
+        out = {k if k.startswith("classifier.") else "bert." + k: v for k, v in out.items()}
+        names = list(labels) if labels else [f"LABEL_{i}" for i in range(cfg.n_classes)]
+        if len(names) != cfg.n_classes:
+            raise HFImportError(f"{len(names)} labels given for a classifier of {cfg.n_classes} classes")
+        hf.update(architectures=["BertForSequenceClassification"], id2label=dict(enumerate(names)),
+                  label2id={n: i for i, n in enumerate(names)})
     return hf, out
 
 
@@ -200,10 +224,10 @@ def _inverse_names(forward, hf_keys: list[str], n_layers: int) -> dict[str, str]
     return {"transformer." + hf_keys[int(t.flatten()[0])]: ours for ours, t in mapped.items()}
 
 
-def save_hf_folder(model: GPT | Bert, path: str | Path) -> Path:
+def save_hf_folder(model: GPT | Bert, path: str | Path, labels: list[str] | None = None) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    hf, state = to_hf(model)
+    hf, state = to_hf(model, labels)
     (path / "config.json").write_text(json.dumps(hf, indent=2))
     save_file({k: v.contiguous() for k, v in state.items()}, path / "model.safetensors")
     return path

@@ -94,6 +94,9 @@ def read_model_config(path: str | Path):
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict) or "model" not in data:
             raise CheckpointError(f"{path} has no 'model' section")
+        if data.get("init_from") and not {"preset", "family"} & set(data["model"] or {}):
+            raise CheckpointError(f"{path}: the architecture comes from init_from: {data['init_from']}; "
+                                  f"give that checkpoint (or the trained run) instead")
         return model_config(data["model"])
     cfg = read_config_json(resolve_checkpoint(path))
     fields = {k: v for k, v in cfg.items() if k not in ("task", "task_info")}

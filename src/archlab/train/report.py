@@ -22,7 +22,7 @@ def metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def write_report(run_dir: Path, run: RunConfig, metrics: dict[str, Any], task_section: str) -> Path:
-    model = run.model.get("preset") or run.model.get("family")
+    model = run.model.get("preset") or run.model.get("family") or run.init_from
     lines = [f"# {run.name or run_dir.name}", "",
              f"Task **{run.task}**, model **{model}** ({fmt(metrics.get('parameters', 0))} parameters, "
              f"{fmt(metrics.get('trainable_parameters', 0))} trainable), "
