@@ -42,6 +42,21 @@ def test_gpt_learns_real_text_below_unigram_entropy(tmp_path):
     assert len((tmp_path / "gpt" / "sample.txt").read_text()) > 100
 
 
+def test_cli_on_a_language_model_run(tmp_path, capsys):
+    from archlab import cli
+
+    require_path(FORTUNES, "fortunes")
+    Trainer(load_run_config(lm_run(train={"max_steps": 20, "eval_every": 20})), tmp_path / "gpt", quiet=True).fit()
+    run = str(tmp_path / "gpt")
+    assert cli.main(["eval", run]) == 0  # a language model has no test split: valid by default
+    assert '"val_loss"' in capsys.readouterr().out
+    assert cli.main(["eval", run, "--split", "test"]) == 2
+    assert "no 'test' split; choose --split from ['train', 'valid']" in capsys.readouterr().err
+    assert cli.main(["generate", run, "--prompt", "A", "--top-k", "0"]) == 2
+    assert "top_k must be at least 1" in capsys.readouterr().err
+    assert cli.main(["generate", run, "--prompt", "A", "--max-new-tokens", "5", "--top-k", "5", "--seed", "1"]) == 0
+
+
 def test_split_is_by_position_at_a_line_break():
     text = "".join(f"line {i}\n" for i in range(100))
     train, valid = split_text(text, 0.1)

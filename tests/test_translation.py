@@ -245,3 +245,16 @@ def test_real_bible_prepared_by_whole_books(tmp_path):
     stamp = (tmp_path / "bible" / "stats.json").stat().st_mtime_ns
     Translation(run).prepare(None)
     assert (tmp_path / "bible" / "stats.json").stat().st_mtime_ns == stamp
+
+
+def test_translate_takes_sentences_before_or_after_options(monkeypatch):
+    import archlab.tasks.translation as translation
+    from archlab import cli
+
+    seen = []
+    monkeypatch.setattr(translation, "cli_translate", lambda args: seen.append((args.text, args.beam)))
+    assert cli.main(["translate", "RUN", "--beam", "1", "En el principio", "y la tierra"]) == 0
+    assert cli.main(["translate", "RUN", "En el principio", "--beam", "2"]) == 0
+    assert seen == [(["En el principio", "y la tierra"], 1), (["En el principio"], 2)]
+    with pytest.raises(SystemExit):
+        cli.main(["translate", "RUN", "--no-such-option", "x"])

@@ -35,6 +35,11 @@ def cmd_eval(args) -> None:
 
     task, model, folder = load_run(args.run, prefer=args.checkpoint)
     task.prepare(None)
+    available = list(getattr(task, "splits", None) or ["train", "valid", "test"])
+    split = args.split or ("test" if "test" in available else "valid")
+    if split not in available:  # a language model has train and valid only
+        raise ValueError(f"a {task.name} run has no {split!r} split; choose --split from {available}")
+    args.split = split
     with torch.no_grad():
         metrics = task.evaluate(model, args.split)
     print(f"checkpoint {folder}")
@@ -114,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="evaluate a run or checkpoint on a split")
     s.add_argument("run", help="run folder or checkpoint folder")
-    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    s.add_argument("--split", choices=["train", "valid", "test"],
+                   help="default: test, or valid where the task has no test split (language models)")
     s.add_argument("--checkpoint", default="best", choices=["best", "last"])
     s.set_defaults(func=cmd_eval)
 
@@ -185,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "translate" and not any(e.startswith("-") for e in extra):
+        args.text += extra  # sentences after an option: archlab translate RUN --beam 1 "texto"
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:

@@ -74,8 +74,6 @@ def train_recipe(ctx: DemoContext, base: dict[str, Any], overrides: dict[str, An
 
 def step_cnn(ctx: DemoContext) -> StepResult:
     overrides = {"train.epochs": 1 if ctx.quick else 2, "train.threads": 2, "train.deterministic": True}
-    if ctx.quick:
-        overrides["data.train_subset"] = 8000
     run_dir, m = train_recipe(ctx, recipe("fashion_mnist_seed_cnn"), overrides, "cnn")
     s = Section("1. A CNN classifies clothing (Fashion-MNIST)")
     dataset = m.get("dataset", "?")
