@@ -100,3 +100,15 @@ def test_extrapolation_shows_learned_positions_cannot_extend():
     b = extrapolation_losses(rope, tokens, 16, [1, 2, 4])
     assert "loss" in a["1x"] and "error" in a["2x"]
     assert set(b["4x"]["groups"]) == {"[0,16)", "[16,32)", "[32,64)"}
+
+
+@pytest.mark.parametrize("study", ["positions_norm", "moe", "cnn_vit"])
+def test_shipped_studies_give_every_variant_its_budget(study):
+    from archlab.compare import budgeted_config
+
+    spec = build_spec([f"configs/compare/{study}.yaml"])
+    for variant in spec.variants:
+        cfg, (flops_per_step, *_) = budgeted_config(variant, 0, spec)
+        steps = cfg.train.max_steps
+        assert cfg.train.epochs is None and steps >= 100, (variant.name, steps)
+        assert abs(steps * flops_per_step - spec.budget["flops"]) <= flops_per_step  # equal compute, to one step

@@ -15,12 +15,15 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
 from .config import ConfigError, parse_override, set_path
+
+if TYPE_CHECKING:
+    from .train.config import RunConfig
 
 
 @dataclass
@@ -176,24 +179,31 @@ def extrapolation_losses(model, tokens: torch.Tensor, context: int, factors: lis
     return out
 
 
-def run_variant(variant: Variant, seed: int, spec: Spec, out: Path, quiet: bool) -> dict[str, Any]:
+def budgeted_config(variant: Variant, seed: int, spec: Spec) -> tuple[RunConfig, tuple[float, float, str, int]]:
+    """The variant's run config for `seed` with the spec's budget turned into its own length, and its
+    step cost (FLOPs per step, units per step, unit, parameters)."""
     from .train.config import load_run_config
+
+    run = _apply(variant.run, {"train.seed": seed})
+    budget = spec.budget
+    length = {"train.epochs": None, "train.max_seconds": None}
+    # a recipe may leave its length to the budget: cost it with a placeholder length
+    cost = step_cost(load_run_config(_apply(run, {**length, "train.max_steps": 1})))
+    if "flops" in budget:
+        run = _apply(run, {**length, "train.max_steps": max(1, int(budget["flops"] // cost[0]))})
+    elif "steps" in budget:
+        run = _apply(run, {**length, "train.max_steps": int(budget["steps"])})
+    elif "seconds" in budget:
+        run = _apply(run, {"train.max_seconds": float(budget["seconds"])})
+    return load_run_config(run), cost
+
+
+def run_variant(variant: Variant, seed: int, spec: Spec, out: Path, quiet: bool) -> dict[str, Any]:
     from .train.trainer import Trainer
 
     run_dir = out / "runs" / _slug(variant.name) / f"seed{seed}"
     done = run_dir / "metrics.json"
-    run = _apply(variant.run, {"train.seed": seed})
-    cfg = load_run_config(run)
-    flops_per_step, units, unit, params = step_cost(cfg)
-    budget = spec.budget
-    if "flops" in budget:
-        steps = max(1, int(budget["flops"] // flops_per_step))
-        run = _apply(run, {"train.max_steps": steps, "train.epochs": None, "train.max_seconds": None})
-    elif "steps" in budget:
-        run = _apply(run, {"train.max_steps": int(budget["steps"]), "train.epochs": None, "train.max_seconds": None})
-    elif "seconds" in budget:
-        run = _apply(run, {"train.max_seconds": float(budget["seconds"])})
-    cfg = load_run_config(run)
+    cfg, (flops_per_step, units, unit, params) = budgeted_config(variant, seed, spec)
     if not done.exists():
         resume = (run_dir / "checkpoints").exists()
         trainer = Trainer(cfg, run_dir, resume=resume, quiet=True)

@@ -17,6 +17,9 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # A fixed sinusoid (rms 0.7) added to GPT's N(0, 0.02) token embeddings would drown them: scale the
+        # embeddings by sqrt(d) as Vaswani et al. and fairseq's transformer_lm do with sinusoidal positions.
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.position == "sinusoidal" else 1.0
         self.positions = Positions(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.transformer = TransformerStack(cfg, cfg.n_layers)
@@ -43,7 +46,7 @@ class GPT(nn.Module):
             raise ValueError(f"GPT expects token ids of shape (batch, seq), got {tuple(idx.shape)}")
         past = caches[0].length if caches else 0
         T = idx.size(1)
-        x = self.dropout(self.positions.add(self.tok_emb(idx), past))
+        x = self.dropout(self.positions.add(self.tok_emb(idx) * self.embed_scale, past))
         return self.transformer(x, causal=True, key_padding_mask=key_padding_mask, rotary=self.positions.rotary,
                                 bias=self.positions.bias(T, past + T, past, causal=True), caches=caches,
                                 need_weights=need_weights)
