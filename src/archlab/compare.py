@@ -254,7 +254,8 @@ def plot_metric_vs_flops(results: list[dict], metric: str, path: Path) -> Path:
 
     fig, ax = viz.plt.subplots(figsize=(7.5, 4.5))
     key = metric if metric.startswith("val_") else "val_" + metric.split("_", 1)[-1]
-    for name in dict.fromkeys(r["variant"] for r in results):
+    colors = viz.plt.get_cmap("tab10").colors
+    for i, name in enumerate(dict.fromkeys(r["variant"] for r in results)):
         curves = []
         for r in (r for r in results if r["variant"] == name):
             pts = {rec["step"]: rec[key] for rec in read_metrics(Path(r["run_dir"]))
@@ -265,7 +266,8 @@ def plot_metric_vs_flops(results: list[dict], metric: str, path: Path) -> Path:
             continue
         mean = [statistics.fmean(c[x] for c in curves) for x in xs]
         std = [statistics.stdev(c[x] for c in curves) if len(curves) > 1 else 0.0 for x in xs]
-        line, = ax.plot(xs, mean, "o-", ms=3, label=name)
+        # past ten variants the colours repeat: the line style tells them apart
+        line, = ax.plot(xs, mean, marker="o", ls=("-", "--", ":")[i // 10 % 3], color=colors[i % 10], ms=3, label=name)
         ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=line.get_color(), alpha=0.15)
     ax.set_xlabel("training FLOPs (analytic)")
