@@ -239,7 +239,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot(tta, out / "fashion_mnist.png", target=0.94)
     (work / "fashion_mnist.json").write_text(json.dumps({"machine": info, "speed": spd, "time_to_accuracy": tta}, indent=2))
-    (out / "fashion_mnist.md").write_text(markdown(info, spd, tta, "fashion_mnist.png") + "\n")
+    (out / "fashion_mnist.md").write_text(markdown(info, spd, tta, "benchmarks/results/fashion_mnist.png") + "\n")
     print(f"wrote {out / 'fashion_mnist.md'}")
 
 
