@@ -237,3 +237,20 @@ def test_bad_input_errors():
         tiny("gpt")(torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="longer than the learned position table"):
         tiny("gpt")(torch.zeros(1, 40, dtype=torch.long))
+
+
+def test_gpt_token_embeddings_are_not_drowned_by_a_fixed_sinusoid():
+    """A fixed sinusoid (rms ~0.7) added to N(0, 0.02) embeddings would leave the tokens ~3% of the
+    input: with sinusoidal positions GPT scales its embeddings by sqrt(d), as Vaswani et al."""
+    from archlab.models import GPT
+    from archlab.models.config import GPTConfig
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=2, max_seq_len=64, position="sinusoidal")
+    model = GPT(cfg)
+    ids = torch.randint(0, 65, (4, 64))
+    tokens = model.tok_emb(ids) * model.embed_scale
+    positions = model.positions.add(torch.zeros_like(tokens))
+    assert tokens.pow(2).mean().sqrt() > 0.25 * positions.pow(2).mean().sqrt()
+    learned = GPT(GPTConfig(**{**cfg.__dict__, "position": "learned"}))
+    assert learned.embed_scale == 1.0  # learned tables start at the embeddings' scale and need none
