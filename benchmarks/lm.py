@@ -111,9 +111,10 @@ def ref_lr(it, lr=1e-3, min_lr=1e-4, warmup=100, decay_iters=2000):
 class RefTrainer:
     """nanoGPT's train.py loop: random blocks, AdamW, warm-up + cosine, grad clip 1.0."""
 
-    def __init__(self, data, vocab, block, n_layer, n_head, d, batch, iters, seed):
+    def __init__(self, data, vocab, block, n_layer, n_head, d, batch, iters, seed, bf16=False):
         torch.manual_seed(seed)
         self.data, self.block, self.batch, self.iters = data, block, batch, iters
+        self.bf16 = bf16  # nanoGPT's CPU runs are fp32; bf16=True is its autocast, as it runs on a GPU
         self.model = RefGPT(vocab, block, n_layer, n_head, d)
         self.opt = ref_optimizer(self.model, 1e-3, 0.1, (0.9, 0.99))
         self.it = 0
@@ -128,7 +129,8 @@ class RefTrainer:
         for g in self.opt.param_groups:
             g["lr"] = ref_lr(self.it, decay_iters=self.iters)
         x, y = self.get_batch()
-        logits = self.model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -140,12 +142,12 @@ class RefTrainer:
 
 # --- archlab ---------------------------------------------------------------------------------------
 
-def archlab_run(iters, run_dir, model=None, eval_every=None, compile_=False, threads=2):
+def archlab_run(iters, run_dir, model=None, eval_every=None, compile_=False, threads=2, precision="fp32"):
     import yaml
 
     run = yaml.safe_load((ROOT / "configs" / "gpt_char_bible.yaml").read_text())
     run["train"].update(max_steps=iters, eval_every=eval_every or iters, threads=threads, compile=compile_,
-                        log_every=max(1, iters // 20))
+                        log_every=max(1, iters // 20), precision=precision)
     if model:
         run["model"] = {**run["model"], **model}
     return Trainer(load_run_config(run), run_dir, quiet=True)
@@ -160,12 +162,12 @@ def timed_steps(step, n):
     return times
 
 
-def matmul_rate(sizes=(512, 1024, 2048), repeats=10):
-    """The machine's fp32 matrix-multiply rate: the best single product over a few square sizes (the
-    best, not the median, so that a moment of contention cannot inflate the utilisation figures)."""
+def matmul_rate(sizes=(512, 1024, 2048), repeats=10, dtype=torch.float32):
+    """The machine's matrix-multiply rate: the best single product over a few square sizes (the best,
+    not the median, so that a moment of contention cannot inflate the utilisation figures)."""
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         for _ in range(2):
             a @ b
         for _ in range(repeats):
@@ -175,34 +177,40 @@ def matmul_rate(sizes=(512, 1024, 2048), repeats=10):
     return best
 
 
-def speed_round(shape, rounds, steps, threads, compile_, out):
-    """Alternating rounds of `steps` training steps each; returns median tokens/s of both."""
+def speed_round(shape, rounds, steps, threads, compile_, out, precision="fp32"):
+    """Alternating rounds of `steps` training steps each; returns median tokens/s of each. With bf16,
+    archlab trains in bf16 autocast and the reference runs twice: fp32 (nanoGPT on a CPU) and with
+    plain bf16 autocast (nanoGPT's GPU setting)."""
     layers, heads, d, block, batch = shape
     trainer = archlab_run(10 ** 6, out / f"speed-{layers}x{d}", dict(n_layers=layers, n_heads=heads, d_model=d,
                                                                     max_seq_len=block), compile_=compile_,
-                          threads=threads)
+                          threads=threads, precision=precision)
     trainer.run.train.batch_size = batch
     trainer._setup()
     plan = trainer.task.epoch_plan(0, batch, 0)
     trainer.step = 0
-    ref = RefTrainer(trainer.task.splits["train"], trainer.task.tokenizer.vocab_size, block, layers, heads, d, batch,
-                     10 ** 6, 0)
+    refs = {"reference": RefTrainer(trainer.task.splits["train"], trainer.task.tokenizer.vocab_size, block, layers,
+                                    heads, d, batch, 10 ** 6, 0)}
+    if precision == "bf16":
+        refs["reference_bf16"] = RefTrainer(trainer.task.splits["train"], trainer.task.tokenizer.vocab_size, block,
+                                            layers, heads, d, batch, 10 ** 6, 0, bf16=True)
 
     def ours():
         trainer._train_step(plan[trainer.step % len(plan)])
         trainer.step += 1
 
-    timed_steps(ours, 3)  # warm-up (and compilation)
-    timed_steps(ref.step, 3)
-    ours_t, ref_t = [], []
+    steppers = {"archlab": ours, **{name: ref.step for name, ref in refs.items()}}
+    times = {name: [] for name in steppers}
+    for step in steppers.values():
+        timed_steps(step, 3)  # warm-up (and compilation)
     for _ in range(rounds):
-        ours_t += timed_steps(ours, steps)
-        ref_t += timed_steps(ref.step, steps)
+        for name, step in steppers.items():
+            times[name] += timed_steps(step, steps)
     tokens = batch * block
     n_params = sum(p.numel() for p in trainer.model.parameters()) - trainer.model.positions.additive.embedding.weight.numel()
     flops_per_token = 6 * n_params + 12 * layers * d * block
     return {"shape": f"{layers} layers x {d} wide x context {block}, batch {batch}",
-            "archlab_tokens_s": tokens / statistics.median(ours_t), "reference_tokens_s": tokens / statistics.median(ref_t),
+            **{f"{name}_tokens_s": tokens / statistics.median(t) for name, t in times.items()},
             "flops_per_token": flops_per_token, "params_non_embedding_pos": n_params}
 
 
@@ -213,6 +221,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile archlab's model (train.compile)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="archlab's train.precision (bf16: the reference also runs with bf16 autocast)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -223,8 +233,10 @@ def main():
     results.update({"date": str(date.today()), "torch": torch.__version__, "threads": args.threads,
                     "cpu": subprocess.run("lscpu | grep 'Model name' | cut -d: -f2", shell=True, capture_output=True,
                                           text=True).stdout.strip() or platform.processor()})
+    suffix = ("_compiled" if args.compile else "") + ("_bf16" if args.precision == "bf16" else "")
     if not args.skip_quality:
-        trainer = archlab_run(args.iters, work / "quality-archlab", compile_=args.compile, threads=args.threads)
+        trainer = archlab_run(args.iters, work / "quality-archlab", compile_=args.compile, threads=args.threads,
+                              precision=args.precision)
         t0 = time.perf_counter()
         metrics = trainer.fit()
         task = trainer.task
@@ -234,23 +246,27 @@ def main():
         with torch.no_grad():
             ref_val = task.evaluate(ref.model, "valid", 200)["val_loss"]
             ours_val = task.evaluate(trainer.model.eval(), "valid", 200)["val_loss"]
-        results["quality"] = {"iters": args.iters, "archlab_val_loss": ours_val, "reference_val_loss": ref_val,
+        results["quality" + suffix] = {"iters": args.iters, "precision": args.precision, "archlab_val_loss": ours_val, "reference_val_loss": ref_val,
                               "difference": ours_val - ref_val, "archlab_tokens_s": metrics["throughput"],
                               "reference_tokens_s": 12 * 64 * args.iters / sum(ref_times),
                               "archlab_wall_s": time.perf_counter() - t0}
-        print(json.dumps(results["quality"], indent=2))
-    rate = matmul_rate()
+        print(json.dumps(results["quality" + suffix], indent=2))
+    rate, rate_bf16 = matmul_rate(), matmul_rate(dtype=torch.bfloat16)
     speed = []
     for shape in [(4, 4, 128, 64, 12), (6, 6, 384, 256, 12)]:
-        r = speed_round(shape, args.rounds, 10 if shape[2] < 256 else 4, args.threads, args.compile, work)
+        r = speed_round(shape, args.rounds, 10 if shape[2] < 256 else 4, args.threads, args.compile, work,
+                        args.precision)
         r["ratio"] = r["archlab_tokens_s"] / r["reference_tokens_s"]
         r["archlab_mfu"] = r["archlab_tokens_s"] * r["flops_per_token"] / rate
         r["reference_mfu"] = r["reference_tokens_s"] * r["flops_per_token"] / rate
+        if args.precision == "bf16":
+            r["ratio_vs_reference_bf16"] = r["archlab_tokens_s"] / r["reference_bf16_tokens_s"]
+            r["archlab_share_of_bf16_rate"] = r["archlab_tokens_s"] * r["flops_per_token"] / rate_bf16
         speed.append(r)
         print(json.dumps(r, indent=2))
     rate_after = matmul_rate()
-    results["speed_compiled" if args.compile else "speed"] = {"rows": speed, "matmul_flops_s": rate,
-                                                              "matmul_flops_s_after": rate_after}
+    results["speed" + suffix] = {"rows": speed, "matmul_flops_s": rate, "matmul_flops_s_after": rate_after,
+                                 "matmul_bf16_flops_s": rate_bf16}
     out.mkdir(parents=True, exist_ok=True)
     (out / "lm.json").write_text(json.dumps(results, indent=2))
     write_markdown(results, out / "lm.md")
@@ -260,14 +276,17 @@ def write_markdown(r, path):
     lines = ["## Language-model training (benchmarks/lm.py)", "",
              f"{r['date']}, {r['cpu']}, torch {r['torch']}, {r['threads']} threads. Reference: a nanoGPT-style plain-PyTorch "
              "GPT and training loop written in the benchmark (SDPA attention, fused AdamW, same data and seed).", ""]
-    if "quality" in r:
-        q = r["quality"]
+    for key, label in [("quality", "fp32"), ("quality_bf16", "archlab in bf16 autocast, the reference in fp32")]:
+        if key not in r:
+            continue
+        q = r[key]
         lines += [f"Baby GPT (configs/gpt_char_bible.yaml) on the World English Bible, characters, {q['iters']} "
-                  "iterations; validation loss on the same 200 fixed validation batches:", "",
+                  f"iterations, {label}; validation loss on the same 200 fixed validation batches:", "",
                   "| | validation loss | training tokens/s |", "|---|---|---|",
                   f"| archlab | {q['archlab_val_loss']:.4f} | {q['archlab_tokens_s']:,.0f} |",
                   f"| reference | {q['reference_val_loss']:.4f} | {q['reference_tokens_s']:,.0f} |", "",
-                  f"Difference {q['difference']:+.4f} (target: within 0.03).", ""]
+                  f"Difference {q['difference']:+.4f} (target: within 0.03). The tokens/s of these runs include "
+                  "evaluation pauses and whatever else ran on the machine; the speed tables below are the speed claim.", ""]
     for key, label in [("speed", "eager"), ("speed_compiled", "archlab's model torch.compile-d (train.compile: true)")]:
         if key not in r:
             continue
@@ -281,6 +300,21 @@ def write_markdown(r, path):
         for s in sp["rows"]:
             lines.append(f"| {s['shape']} | {s['archlab_tokens_s']:,.0f} | {s['reference_tokens_s']:,.0f} | "
                          f"{s['ratio']:.2f}× | {s['archlab_mfu']:.0%} | {s['reference_mfu']:.0%} |")
+        lines.append("")
+    if "speed_bf16" in r:
+        sp = r["speed_bf16"]
+        lines += ["Training speed, archlab with `train.precision: bf16` (autocast: bf16 matmuls, fp32 weights, and "
+                  "attention kept in fp32 because CPU flash attention's bf16 backward is slower than its fp32 one); "
+                  "the reference as nanoGPT runs on a CPU (fp32) and with nanoGPT's GPU setting (plain bf16 autocast). "
+                  "Median tokens/s of alternating rounds; useful FLOP/s (6N + 12·L·d·T per token) as a share of the "
+                  f"best fp32 ({sp['matmul_flops_s'] / 1e9:.0f} GFLOP/s) and bf16 "
+                  f"({sp['matmul_bf16_flops_s'] / 1e9:.0f} GFLOP/s) matrix-multiply rates:", "",
+                  "| shape | archlab bf16 | reference fp32 | reference bf16 | vs reference fp32 | vs reference bf16 "
+                  "| archlab / fp32 rate | archlab / bf16 rate |", "|---|---|---|---|---|---|---|---|"]
+        for s in sp["rows"]:
+            lines.append(f"| {s['shape']} | {s['archlab_tokens_s']:,.0f} | {s['reference_tokens_s']:,.0f} | "
+                         f"{s['reference_bf16_tokens_s']:,.0f} | {s['ratio']:.2f}× | {s['ratio_vs_reference_bf16']:.2f}× | "
+                         f"{s['archlab_mfu']:.0%} | {s['archlab_share_of_bf16_rate']:.0%} |")
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
 

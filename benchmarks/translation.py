@@ -53,6 +53,11 @@ def marian_for(task, cfg):
     return MarianMTModel(config)
 
 
+def autocast(cfg):
+    """The recipe's precision for both models: bf16 autocast (fp32 weights), as archlab's Trainer does."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
 def train_marian(task, model, cfg, budget: float) -> dict:
     """The plain loop: the task's batches, the same optimizer and schedule, until the budget is spent."""
     optimizer = build_optimizer(model, cfg)
@@ -64,8 +69,9 @@ def train_marian(task, model, cfg, budget: float) -> dict:
         for refs in task.epoch_plan(epoch, cfg.batch_size, cfg.seed):
             t0 = time.perf_counter()
             b = task.collate(refs, gen, device)
-            logits = model(input_ids=b["src"], attention_mask=b["src"] != task.tokenizer.pad_id,
-                           decoder_input_ids=b["tgt_in"]).logits
+            with autocast(cfg):
+                logits = model(input_ids=b["src"], attention_mask=b["src"] != task.tokenizer.pad_id,
+                               decoder_input_ids=b["tgt_in"]).logits
             n = int((b["targets"] != IGNORE).sum())
             loss = F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(), reduction="sum",
                                    ignore_index=IGNORE, label_smoothing=cfg.label_smoothing) / n
@@ -129,7 +135,8 @@ def side_by_side(task, cfg, steps: int) -> dict:
         tokens.append(int((b["targets"] != IGNORE).sum()))
         for name in times:
             t0 = time.perf_counter()
-            logits = forward[name](b)
+            with autocast(cfg):
+                logits = forward[name](b)
             F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(), reduction="sum", ignore_index=IGNORE,
                             label_smoothing=cfg.label_smoothing).div(tokens[-1]).backward()
             opts[name].step()
@@ -199,7 +206,8 @@ def write_result(path: Path, args, ours: dict, hf: dict, speed: dict, run) -> No
             ("decoding sentences/s, beam", f"{ours['decode_beam_sentences_per_s']:.1f}",
              f"{hf['decode_beam_sentences_per_s']:.1f}")]
     lines = [
-        "## Translation: Spanish -> English Bible verses (archlab vs Hugging Face Marian)", "",
+        f"## Translation: Spanish -> English Bible verses, {args.budget_minutes:g}-minute budget (archlab vs Hugging "
+        "Face Marian)", "",
         f"- machine: {machine()}, torch {torch.__version__}, {args.threads} threads "
         f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "
         f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",

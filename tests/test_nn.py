@@ -203,3 +203,25 @@ def test_bad_config_errors_name_the_problem():
     with pytest.raises(ValueError, match="key_padding_mask must have shape"):
         att(torch.randn(B, T, D), key_padding_mask=torch.zeros(B, T + 1, dtype=torch.bool))
     assert isinstance(from_dict(BlockConfig, {"moe": {"experts": 4}}).moe, MoEConfig)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bf16_autocast_training_attention_matches_fp32(with_bias):
+    """Under CPU bf16 autocast the attention core runs in fp32 (speed); outputs and gradients must
+    still be those of the fp32 module up to bf16 rounding of the projections."""
+    torch.manual_seed(0)
+    att = MultiHeadAttention(D, H)
+    x = torch.randn(B, T, D)
+    bias = ALiBi(H)(T, T) if with_bias else None
+    kpm = padding([7, 5, 3])
+    ref = att(x, causal=True, bias=bias, key_padding_mask=kpm)
+    ref.square().sum().backward()
+    ref_grad = att.qkv_proj.weight.grad.clone()
+    att.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = att(x, causal=True, bias=bias, key_padding_mask=kpm)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2)
+    rel = (att.qkv_proj.weight.grad - ref_grad).norm() / ref_grad.norm()
+    assert rel < 3e-2
