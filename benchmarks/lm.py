@@ -225,6 +225,8 @@ def main():
                     help="archlab's train.precision (bf16: the reference also runs with bf16 autocast)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
+    if args.compile and args.precision == "bf16":
+        ap.error("--compile with --precision bf16 is not measured by this benchmark; run them separately")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     work = Path("/tmp/archlab-bench-lm")

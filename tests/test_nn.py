@@ -206,9 +206,19 @@ def test_bad_config_errors_name_the_problem():
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_bf16_autocast_training_attention_matches_fp32(with_bias):
+def test_bf16_autocast_training_attention_matches_fp32(with_bias, monkeypatch):
     """Under CPU bf16 autocast the attention core runs in fp32 (speed); outputs and gradients must
     still be those of the fp32 module up to bf16 rounding of the projections."""
+    import torch.nn.functional as F
+
+    sdpa, seen = F.scaled_dot_product_attention, []
+
+    def recording_sdpa(q, k, v, **kw):
+        out = sdpa(q, k, v, **kw)
+        seen.append((q.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
     torch.manual_seed(0)
     att = MultiHeadAttention(D, H)
     x = torch.randn(B, T, D)
@@ -221,6 +231,7 @@ def test_bf16_autocast_training_attention_matches_fp32(with_bias):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = att(x, causal=True, bias=bias, key_padding_mask=kpm)
     assert out.dtype == torch.bfloat16
+    assert seen[-1] == (torch.float32, torch.float32)  # fp32 inputs, and autocast did not cast them back
     out.float().square().sum().backward()
     assert torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2)
     rel = (att.qkv_proj.weight.grad - ref_grad).norm() / ref_grad.norm()
