@@ -10,6 +10,7 @@ import torch
 from conftest import require_path
 
 from archlab import cli
+from archlab.config import ConfigError
 from archlab.data import images
 from archlab.runs import load_run
 from archlab.tasks.image_classification import ImageClassification, attention_rollout
@@ -58,6 +59,25 @@ def test_collate_is_the_normalised_training_image(tmp_path):
     assert torch.equal(batch["inputs"], task.to_input(x[[3, 7]], torch.device("cpu")))
     assert torch.equal(batch["targets"], y[[3, 7]])
     assert abs(batch["inputs"].mean()) < 1 and task.train_inputs.shape == (100, 1, 28, 28)
+
+
+def test_tta_averages_the_probabilities_over_the_views(seed_run):
+    run_dir, _ = seed_run
+    task, model, _ = load_run(run_dir)
+    task.data.tta, task.data.augment = True, images.Augment(crop_padding=2, hflip=True)
+    task.load_assets(run_dir / "checkpoints" / "best")  # the black fill follows the run's normalisation
+    x = task.to_input(images.load_idx_dataset("fashion-mnist", FMNIST).test_x[:16], torch.device("cpu"))
+    with torch.no_grad():
+        logits = task.eval_logits(model, x)
+        shifted = torch.nn.functional.pad(x, (1, 1, 1, 1), value=task.augment.fill)
+        views = [x, x.flip(-1)] + [shifted[..., 1 + dy:29 + dy, 1 + dx:29 + dx]
+                                   for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))]
+        expected = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
+        plain = model(x).softmax(-1)
+    assert torch.allclose(logits.softmax(-1), expected, atol=1e-5)
+    assert not torch.allclose(expected, plain, atol=1e-3)  # the views do change the answer
+    with pytest.raises(ConfigError, match="tta: .*set augment.crop_padding or augment.hflip"):  # seed-cnn has none
+        ImageClassification(load_run_config("configs/fashion_mnist_seed_cnn.yaml", ["data.tta=true"]))
 
 
 def test_predict_round_trips_a_saved_test_image(seed_run, tmp_path):

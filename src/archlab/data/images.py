@@ -392,6 +392,18 @@ class Augment:
             x = random_erasing(x, self.erasing, generator, value=self.fill)
         return x
 
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Fixed versions of the batch for test-time augmentation, one per kind of training change: the
+        images, their 1-pixel shifts in four directions (with crop_padding) and their mirror (with hflip)."""
+        out = [x]
+        if self.crop_padding > 0:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (1,) * 4, value=self.fill)
+            out += [padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))]
+        if self.hflip:
+            out.append(x.flip(-1))
+        return out
+
     def with_fill(self, mean: tuple[float, ...], std: tuple[float, ...]) -> Augment:
         """A copy whose fill is black after ``normalize(x, mean, std)`` (first channel: these sets are grayscale)."""
         return dataclasses.replace(self, fill=-mean[0] / std[0])

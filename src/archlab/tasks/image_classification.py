@@ -26,6 +26,7 @@ class ImageDataConfig:
     train_subset: int | None = None  # first N training images only (tests, quick demos)
     test_subset: int | None = None
     augment: img.Augment = field(default_factory=img.Augment)
+    tta: bool = False  # evaluate and predict on the mean probabilities over augment.views (shifts, mirror)
     eval_batch_size: int = 1000
 
     def validate(self) -> None:
@@ -34,6 +35,9 @@ class ImageDataConfig:
         for key in ("train_subset", "test_subset"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.tta and not (self.augment.crop_padding or self.augment.hflip):
+            raise ConfigError("tta: test-time augmentation averages over the training augmentation's shifts and "
+                              "mirror; set augment.crop_padding or augment.hflip, or tta: false")
 
 
 class ImageClassification(Task):
@@ -105,6 +109,13 @@ class ImageClassification(Task):
     def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         return model(batch["inputs"])
 
+    def eval_logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        """float32 logits of normalised images; with tta, the log of the mean probabilities over the views."""
+        if not self.data.tta:
+            return model(x).float()
+        views = self.augment.views(x)
+        return (sum(model(v).float().softmax(-1) for v in views) / len(views)).log()
+
     # --- evaluation ------------------------------------------------------------------------------
     def predict_split(self, model: nn.Module, split: str, max_batches: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(float32 logits, labels, uint8 images) of a split's first max_batches evaluation batches."""
@@ -112,7 +123,7 @@ class ImageClassification(Task):
         device = next(model.parameters()).device
         bs = self.data.eval_batch_size
         n = len(y) if max_batches is None else min(len(y), max_batches * bs)
-        logits = torch.cat([model(self.to_input(x[i:i + bs], device)).float().cpu() for i in range(0, n, bs)])
+        logits = torch.cat([self.eval_logits(model, self.to_input(x[i:i + bs], device)).cpu() for i in range(0, n, bs)])
         return logits, y[:n], x[:n]
 
     def evaluate(self, model: nn.Module, split: str = "valid", max_batches: int | None = None) -> dict[str, float]:
@@ -197,6 +208,7 @@ class ImageClassification(Task):
         self.classes, self.mean, self.std = info["classes"], info["mean"], info["std"]
         self.size, self.dataset_name = info["image_size"], info["dataset"]
         self.input_size = info.get("input_size", self.size)
+        self.augment = self.data.augment.with_fill(self.mean, self.std)  # for tta
 
     def predict_files(self, model: nn.Module, paths: list[str], top: int = 3) -> list[tuple[str, Any]]:
         """[(path, [(class, probability), ...]) or (path, error message)] — a bad file does not stop the rest."""
@@ -209,7 +221,7 @@ class ImageClassification(Task):
         if images:
             device = next(model.parameters()).device
             with torch.no_grad():
-                probs = model(self.to_input(torch.stack(list(images.values())), device)).float().softmax(-1).cpu()
+                probs = self.eval_logits(model, self.to_input(torch.stack(list(images.values())), device)).softmax(-1).cpu()
             values, idx = probs.topk(min(top, len(self.classes)))
             ranked = {p: [(self.classes[int(i)], float(v)) for v, i in zip(values[n], idx[n])]
                       for n, p in enumerate(images)}
