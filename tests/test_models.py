@@ -254,3 +254,24 @@ def test_gpt_token_embeddings_are_not_drowned_by_a_fixed_sinusoid():
     assert tokens.pow(2).mean().sqrt() > 0.25 * positions.pow(2).mean().sqrt()
     learned = GPT(GPTConfig(**{**cfg.__dict__, "position": "learned"}))
     assert learned.embed_scale == 1.0  # learned tables start at the embeddings' scale and need none
+
+
+def test_encoder_decoder_init_is_marians_at_its_width_and_keeps_tokens_above_the_sinusoid():
+    """N(0, 1/(3 sqrt d)): Marian's (BART's) N(0, 0.02) at d=256, where it learns per step as fast as
+    Marian; at d=64 a fixed 0.02 would leave the scaled token embeddings under a quarter of the sinusoid."""
+    torch.manual_seed(0)
+    ours = build_model(model_config({"preset": "transformer-small"}))
+    cfg = ours.config
+    marian = transformers.MarianMTModel(transformers.MarianConfig(
+        vocab_size=cfg.vocab_size, d_model=cfg.d_model, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=cfg.ffn_dim,
+        decoder_ffn_dim=cfg.ffn_dim, encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads,
+        pad_token_id=cfg.pad_id)).model
+    pairs = [(ours.embed.weight[1:], marian.shared.weight[1:]),
+             (ours.encoder.blocks[0].attn.qkv_proj.weight, marian.encoder.layers[0].self_attn.q_proj.weight),
+             (ours.decoder.blocks[0].ffn.down.weight, marian.decoder.layers[0].fc2.weight)]
+    for a, b in pairs:
+        assert a.std().item() == pytest.approx(b.std().item(), rel=0.05)
+    tiny_model = build_model(model_config({"preset": "transformer-tiny"}))
+    tokens = tiny_model.embed.weight[1:] * tiny_model.scale
+    positions = tiny_model.positions.add(torch.zeros(1, 64, tiny_model.config.d_model))
+    assert tokens.pow(2).mean().sqrt() > 0.25 * positions.pow(2).mean().sqrt()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +111,13 @@ class ImageClassification(Task):
         return model(batch["inputs"])
 
     def eval_logits(self, model: nn.Module, x: Tensor) -> Tensor:
-        """float32 logits of normalised images; with tta, the log of the mean probabilities over the views."""
+        """float32 logits of normalised images; with tta, the log of the mean probabilities over the views
+        (all views in one forward pass; log-sum-exp so that a confident view cannot underflow to log 0)."""
         if not self.data.tta:
             return model(x).float()
         views = self.augment.views(x)
-        return (sum(model(v).float().softmax(-1) for v in views) / len(views)).log()
+        log_probs = model(torch.cat(views)).float().log_softmax(-1).view(len(views), len(x), -1)
+        return log_probs.logsumexp(0) - math.log(len(views))
 
     # --- evaluation ------------------------------------------------------------------------------
     def predict_split(self, model: nn.Module, split: str, max_batches: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
