@@ -12,11 +12,11 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message names it and what is allowed."""
 
 
 def _type_name(tp: Any) -> str:

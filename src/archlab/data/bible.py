@@ -35,6 +35,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DataError
+
 BOOKS: tuple[str, ...] = (
     "Genesis", "Exodus", "Leviticus", "Numbers", "Deuteronomy", "Joshua", "Judges", "Ruth",
     "1 Samuel", "2 Samuel", "1 Kings", "2 Kings", "1 Chronicles", "2 Chronicles", "Ezra",
@@ -61,7 +63,7 @@ TEST_BOOKS: tuple[str, ...] = ("Ruth", "Ecclesiastes", "Joel", "Amos",
 INSTALL_HINT = "apt-get install diatheke sword-text-web sword-text-kjv sword-text-sparv"
 
 
-class BibleError(RuntimeError):
+class BibleError(DataError):
     """diatheke or a SWORD module is missing; the message says what to install."""
 
 

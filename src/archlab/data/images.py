@@ -23,11 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from archlab.config import ConfigError
-
-
-class DataError(RuntimeError):
-    """Data missing or malformed; the message names the file and says why, or where to get it."""
+from ..errors import ConfigError, DataError
 
 
 # ----------------------------------------------------------------------------- IDX files

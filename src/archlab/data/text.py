@@ -32,11 +32,11 @@ FORTUNE_CATEGORIES = (
     "politics", "science", "songs-poems", "sports", "startrek", "work",
 )
 
+from ..errors import DataError
+
 _MAX_LISTED = 10
 
 
-class DataError(RuntimeError):
-    """Data is missing or malformed; the message names the file and says how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from archlab.data.text import DataError
+from ..errors import DataError
 
 # every code point its own piece; [\s\S] rather than "." so newlines count too
 _CHAR_SPLIT = {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False}

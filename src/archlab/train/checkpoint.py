@@ -21,11 +21,11 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from ..errors import CheckpointError
+
 MODEL_FILE, CONFIG_FILE, STATE_DIR = "model.safetensors", "config.json", "trainer_state"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated or corrupt; the message names the file."""
 
 
 def write_model_folder(folder: Path, model: nn.Module, model_config: dict[str, Any],

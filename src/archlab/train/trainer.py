@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..errors import TrainingDiverged
 from ..models.config import config_to_dict
 from . import checkpoint as ckpt
 from .config import RunConfig, dump_run_config
@@ -21,8 +22,6 @@ from .logging import ConsoleProgress, MetricsLog
 from .optim import build_optimizer, build_scheduler
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
 def pick_device(choice: str) -> torch.device:
