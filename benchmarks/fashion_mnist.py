@@ -37,9 +37,9 @@ from archlab.data import images as img  # noqa: E402
 from archlab.models import build_model  # noqa: E402
 from archlab.tasks.image_classification import ImageClassification  # noqa: E402
 from archlab.train import checkpoint as ckpt  # noqa: E402
-from archlab.train.config import load_run_config  # noqa: E402
+from archlab.tasks.run import load_run_config  # noqa: E402
 from archlab.train.logging import read_metrics  # noqa: E402
-from archlab.train.trainer import Trainer  # noqa: E402
+from archlab.runs import train_run  # noqa: E402
 
 RECIPES = {"seed_cnn": "configs/fashion_mnist_seed_cnn.yaml", "best": "configs/fashion_mnist_best.yaml",
            "vit": "configs/fashion_mnist_vit.yaml"}
@@ -77,13 +77,13 @@ def plain_images_per_second(x: torch.Tensor, y: torch.Tensor, steps: int, channe
 def trainer_images_per_second(steps: int, run_dir: Path) -> float:
     run = load_run_config(RECIPES["seed_cnn"], [f"train.max_steps={steps}", "train.epochs=null", "data.test_subset=1000"])
     shutil.rmtree(run_dir, ignore_errors=True)
-    return Trainer(run, run_dir, quiet=True).fit()["throughput"]
+    return train_run(run, run_dir, quiet=True)["throughput"]
 
 
 def speed(rounds: int, steps: int, work: Path) -> dict:
     run = load_run_config(RECIPES["seed_cnn"])
     task = ImageClassification(run)
-    task.prepare(None)
+    task.prepare()
     x, y = task.train_inputs, task.splits["train"][1]
     assert len(y) >= steps * 64, "not enough training images for the requested steps"
     names = ["plain PyTorch loop (NCHW)", "plain PyTorch loop (channels-last)", "archlab Trainer"]
@@ -110,7 +110,7 @@ def seconds_at(train_records: list[dict], step: int) -> float:
 
 
 def test_accuracy(task: ImageClassification, folder: Path, precision: str) -> float:
-    model = build_model(ckpt.read_model_config(folder))
+    model = build_model(checkpoint_model_config(folder))
     ckpt.load_weights(model, folder)
     model.eval()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
@@ -123,12 +123,12 @@ def time_to_accuracy(name: str, overrides: list[str], work: Path) -> dict:
     run_dir = work / name
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    final = Trainer(run, run_dir, quiet=True).fit()
+    final = train_run(run, run_dir, quiet=True)
     wall = time.perf_counter() - t0
     records = read_metrics(run_dir)
     train = [r for r in records if r["split"] == "train"]
     task = ImageClassification(run)
-    task.prepare(None)
+    task.prepare()
     folders = {int((f / "step.txt").read_text()): f for f in (run_dir / "checkpoints").iterdir()
                if f.name.startswith("step-") or f.name == "last"}
     epochs, steps_per_epoch = [], final["steps"] / final["epochs"]

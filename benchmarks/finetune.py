@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from archlab.train.config import load_run_config  # noqa: E402
-from archlab.train.trainer import Trainer  # noqa: E402
+from archlab.tasks.run import load_run_config  # noqa: E402
+from archlab.runs import train_run  # noqa: E402
 
 PRETRAIN = {"bert": "configs/fortunes_bert_pretrain.yaml", "gpt": "configs/fortunes_gpt_pretrain.yaml"}
 # init -> (recipe, the pretraining run it takes weights or tokenizer from)
@@ -59,7 +59,7 @@ def train(config: str, overrides: list[str], run_dir: Path) -> dict:
         print(f"done already: {run_dir}", flush=True)
     else:
         print(f"training {run_dir} ({config} {' '.join(overrides)})", flush=True)
-        Trainer(load_run_config(ROOT / config, overrides), run_dir, quiet=True).fit()
+        train_run(load_run_config(ROOT / config, overrides), run_dir, quiet=True)
     return json.loads((run_dir / "metrics.json").read_text())
 
 

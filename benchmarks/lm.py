@@ -31,8 +31,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from archlab.train.config import load_run_config  # noqa: E402
-from archlab.train.trainer import Trainer  # noqa: E402
+from archlab.tasks.run import load_run_config  # noqa: E402
+from archlab.runs import train_run  # noqa: E402
 
 
 # --- the reference: nanoGPT's model.py, condensed ---------------------------------------------------

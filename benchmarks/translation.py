@@ -30,9 +30,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from archlab.tasks.base import IGNORE  # noqa: E402
 from archlab.tasks.translation import bleu_chrf  # noqa: E402
-from archlab.train.config import load_run_config  # noqa: E402
+from archlab.tasks.run import load_run_config  # noqa: E402
 from archlab.train.optim import build_optimizer, build_scheduler  # noqa: E402
-from archlab.train.trainer import Trainer  # noqa: E402
+from archlab.runs import train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def main() -> None:
                  "train.eval_every=1000000000", "train.epochs=1000"]
     run = load_run_config(args.config, overrides)
     run_dir = Path(args.runs) / "archlab"
-    ours = Trainer(run, run_dir, quiet=True).fit()
+    ours = train_run(run, run_dir, quiet=True)
     print(json.dumps({k: v for k, v in ours.items() if isinstance(v, (int, float))}, indent=1), flush=True)
 
     from archlab.tasks import TASKS

@@ -61,15 +61,14 @@ def test_eos_stops_generation():
 
 
 def test_generate_cli_streams(tmp_path, capsys):
+    from archlab import cli
     from archlab.data.tokenizer import Tokenizer
-    from archlab.models.config import config_to_dict
-    from archlab.tasks.language_modeling import cli_generate
     from archlab.train.checkpoint import write_model_folder
 
     tok = Tokenizer.train_char(["abcdefghijklmnopqrstuvwxyz .\n"])
     model = build_model({"family": "gpt", "vocab_size": tok.vocab_size, "d_model": 32, "n_heads": 4, "n_layers": 1,
                          "max_seq_len": 16})
-    write_model_folder(tmp_path / "ck", model, config_to_dict(model.config), lambda f: tok.save(f / "tokenizer.json"),
+    write_model_folder(tmp_path / "ck", model, model.config.to_dict(), lambda f: tok.save(f / "tokenizer.json"),
                        {"task": "language_modeling"})
     streamed = []
     import builtins
@@ -81,8 +80,8 @@ def test_generate_cli_streams(tmp_path, capsys):
 
     builtins.print = spy
     try:
-        cli_generate(argparse.Namespace(run=str(tmp_path / "ck"), prompt="the cat", max_new_tokens=40, temperature=1.0,
-                                        top_k=5, top_p=None, seed=1, num_samples=1))
+        assert cli.main(["generate", str(tmp_path / "ck"), "--prompt", "the cat", "--max-new-tokens", "40",
+                         "--temperature", "1.0", "--top-k", "5", "--seed", "1"]) == 0
     finally:
         builtins.print = real_print
     out = capsys.readouterr()

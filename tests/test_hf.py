@@ -7,11 +7,12 @@ import torch
 from archlab.data.text import load_fortunes_split
 from archlab.data.tokenizer import Tokenizer
 from archlab.models import build_model
-from archlab.models.classifier import sentence_embeddings
+from archlab.models.bert import sentence_embeddings
 from archlab.models.hf import HFImportError, load_hf_folder, minilm_path, save_hf_folder
 from archlab.nn.lora import LoRALinear, apply_lora, merge_lora
+from archlab.runs import open_task
 from archlab.tasks.text_classification import TextClassification, encode_texts, padded_batch
-from archlab.train.config import load_run_config
+from archlab.tasks.run import load_run_config
 from conftest import require_path
 
 transformers = pytest.importorskip("transformers")
@@ -81,8 +82,7 @@ def test_a_classifier_from_minilm_has_its_body_and_a_new_head(minilm):
     require_path(FORTUNES, "fortunes")
     run = load_run_config({"task": "text_classification", "init_from": "minilm", "model": {},
                            "train": {"max_steps": 1}})
-    task = TextClassification(run)
-    task.prepare(None)
+    task = open_task(run)
     model = task.build_model()
     ref = transformers.BertModel.from_pretrained(minilm)
     assert model.config.n_classes == 12 and model.config.d_model == 384 and model.config.dropout == 0.1
@@ -90,7 +90,7 @@ def test_a_classifier_from_minilm_has_its_body_and_a_new_head(minilm):
     assert torch.equal(model.encoder.blocks[5].ffn.down.weight, ref.encoder.layer[5].output.dense.weight)
     assert torch.equal(model.pooler.weight, ref.pooler.dense.weight)  # pretrained pooler kept
     assert task.tokenizer.cls_id == 101 and (task.ids["train"][:, 0] == 101).all()
-    assert task.head_parameter_prefixes() == ("pooler.", "classifier.")
+    assert task.head_prefixes() == ("pooler.", "classifier.")
 
 
 def test_a_lora_classifier_folds_and_exports_to_bert_for_sequence_classification(tmp_path):

@@ -14,8 +14,8 @@ from archlab.config import ConfigError
 from archlab.data import images
 from archlab.runs import load_run
 from archlab.tasks.image_classification import ImageClassification, attention_rollout
-from archlab.train.config import load_run_config
-from archlab.train.trainer import Trainer
+from archlab.tasks.run import load_run_config
+from archlab.runs import train_run
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 SMALL = ["data.train_subset=2000", "data.test_subset=1000", "data.valid_frac=0.02", "train.threads=2", "train.log_every=1"]
@@ -23,7 +23,7 @@ SMALL = ["data.train_subset=2000", "data.test_subset=1000", "data.valid_frac=0.0
 
 def train(tmp_path, config, name, overrides):
     run_dir = tmp_path / name
-    metrics = Trainer(load_run_config(config, overrides), run_dir, quiet=True).fit()
+    metrics = train_run(load_run_config(config, overrides), run_dir, quiet=True)
     return run_dir, metrics
 
 
@@ -53,7 +53,7 @@ def test_seed_cnn_learns_fashion_mnist(seed_run):
 def test_collate_is_the_normalised_training_image(tmp_path):
     require_path(FMNIST, "dataset-fashion-mnist")
     task = ImageClassification(load_run_config("configs/fashion_mnist_seed_cnn.yaml", ["data.train_subset=100"]))
-    task.prepare(None)
+    task.prepare()
     x, y = task.splits["train"]
     batch = task.collate([3, 7], torch.Generator(), torch.device("cpu"))
     assert torch.equal(batch["inputs"], task.to_input(x[[3, 7]], torch.device("cpu")))

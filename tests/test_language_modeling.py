@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from archlab.tasks.language_modeling import LanguageModeling, MaskedLanguageModeling, split_text
-from archlab.train.config import load_run_config
-from archlab.train.trainer import Trainer
+from archlab.tasks.run import load_run_config
+from archlab.runs import open_task, train_run
 from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
@@ -32,9 +32,9 @@ def unigram_entropy(tokens: torch.Tensor) -> float:
 
 def test_gpt_learns_real_text_below_unigram_entropy(tmp_path):
     require_path(FORTUNES, "fortunes")
-    trainer = Trainer(load_run_config(lm_run()), tmp_path / "gpt", quiet=True)
-    metrics = trainer.fit()
-    valid = trainer.task.splits["valid"]
+    run = load_run_config(lm_run())
+    metrics = train_run(run, tmp_path / "gpt", quiet=True)
+    valid = open_task(run).splits["valid"]
     entropy = unigram_entropy(valid)  # what a model that ignores context can reach, in nats per char
     assert metrics["val_loss"] < entropy - 0.4, (metrics["val_loss"], entropy)
     assert metrics["val_bits_per_char"] == pytest.approx(metrics["val_loss"] / math.log(2), rel=0.02)
@@ -46,7 +46,7 @@ def test_cli_on_a_language_model_run(tmp_path, capsys):
     from archlab import cli
 
     require_path(FORTUNES, "fortunes")
-    Trainer(load_run_config(lm_run(train={"max_steps": 20, "eval_every": 20})), tmp_path / "gpt", quiet=True).fit()
+    train_run(load_run_config(lm_run(train={"max_steps": 20, "eval_every": 20})), tmp_path / "gpt", quiet=True)
     run = str(tmp_path / "gpt")
     assert cli.main(["eval", run]) == 0  # a language model has no test split: valid by default
     assert '"val_loss"' in capsys.readouterr().out
@@ -66,7 +66,7 @@ def test_split_is_by_position_at_a_line_break():
 def test_epoch_plan_is_a_pure_function_of_seed_and_epoch():
     require_path(FORTUNES, "fortunes")
     task = LanguageModeling(load_run_config(lm_run(data={"max_chars": 50_000})))
-    task.prepare(None)
+    task.prepare()
     assert task.epoch_plan(3, 8, 0) == task.epoch_plan(3, 8, 0)
     assert task.epoch_plan(3, 8, 0) != task.epoch_plan(4, 8, 0)
     batch = task.collate(task.epoch_plan(0, 8, 0)[0], torch.Generator(), torch.device("cpu"))
@@ -76,9 +76,9 @@ def test_epoch_plan_is_a_pure_function_of_seed_and_epoch():
 def test_mlm_masking_is_15_percent_with_80_10_10():
     require_path(FORTUNES, "fortunes")
     run = lm_run(data={"max_chars": 200_000})
-    run["task"] = "masked_lm"
+    run["task"], run["model"] = "masked_lm", {**run["model"], "family": "bert"}
     task = MaskedLanguageModeling(load_run_config(run))
-    task.prepare(None)
+    task.prepare()
     tokens = task.blocks("train", torch.randint(0, 150_000, (2000,)))[:, :-1]
     b = task.mask(tokens, torch.Generator().manual_seed(0))
     chosen = b["targets"] != -100
@@ -99,10 +99,11 @@ def test_bert_mlm_learns(tmp_path):
     run = lm_run(model={"family": "bert", "n_layers": 2, "d_model": 64, "n_heads": 4, "max_seq_len": 32,
                         "dropout": 0.0, "norm_placement": "pre"}, train={"max_steps": 300, "lr": 2e-3})
     run["task"] = "masked_lm"
-    trainer = Trainer(load_run_config(run), tmp_path / "bert", quiet=True)
-    metrics = trainer.fit()
-    vocab = trainer.task.tokenizer.vocab_size
-    entropy = unigram_entropy(trainer.task.splits["valid"])
+    run = load_run_config(run)
+    metrics = train_run(run, tmp_path / "bert", quiet=True)
+    task = open_task(run)
+    vocab = task.tokenizer.vocab_size
+    entropy = unigram_entropy(task.splits["valid"])
     assert metrics["val_loss"] < math.log(vocab) - 1.0  # far below guessing
     assert metrics["val_loss"] < entropy + 0.1 and metrics["val_masked_accuracy"] > 0.15
 
@@ -123,18 +124,19 @@ def test_bert_mlm_head_matches_hf():
 def test_chinese_tang_poems_char_level(tmp_path):
     require_path(f"{FORTUNES}/tang300", "fortunes-zh")
     run = lm_run(data={"corpus": "tang300"}, train={"max_steps": 150})
-    trainer = Trainer(load_run_config(run), tmp_path / "tang", quiet=True)
-    metrics = trainer.fit()
-    tok = trainer.task.tokenizer
+    run = load_run_config(run)
+    metrics = train_run(run, tmp_path / "tang", quiet=True)
+    task = open_task(run)
+    tok = task.tokenizer
     assert tok.vocab_size > 1500  # thousands of distinct characters
     assert tok.decode(tok.encode("床前明月光")) == "床前明月光"
     sample = (tmp_path / "tang" / "sample.txt").read_text()
     assert sum("\u4e00" <= c <= "\u9fff" for c in sample) > 100  # it writes Chinese
-    assert metrics["val_loss"] < unigram_entropy(trainer.task.splits["valid"])
+    assert metrics["val_loss"] < unigram_entropy(task.splits["valid"])
 
 
 def test_missing_corpus_says_what_exists():
     from archlab.data.text import DataError
     task = LanguageModeling(load_run_config(lm_run(data={"corpus": "no-such-corpus"})))
     with pytest.raises(DataError, match="bible-web"):
-        task.prepare(None)
+        task.prepare()

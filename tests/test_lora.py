@@ -8,13 +8,13 @@ from safetensors.torch import load_file
 
 from archlab.data.text import load_fortunes_split
 from archlab.data.tokenizer import Tokenizer
-from archlab.models import build_model, config_to_dict, count_parameters
+from archlab.models import build_model, count_parameters
 from archlab.nn.lora import LoRALinear, apply_lora, attach_adapters, merge_lora
-from archlab.runs import load_run
-from archlab.tasks.text_classification import TextClassification, export_hf, padded_batch
+from archlab.models.finetune import FinetuneConfig, checkpoint_model_config, prepare_model
+from archlab.runs import export_hf, load_run, open_task, train_run
+from archlab.tasks.run import load_run_config
+from archlab.tasks.text_classification import padded_batch
 from archlab.train import checkpoint as ckpt
-from archlab.train.config import load_run_config
-from archlab.train.trainer import Trainer
 from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
@@ -110,14 +110,14 @@ def base_checkpoint(tmp_path_factory):
     torch.manual_seed(1)
     model = build_model({"family": "bert", "vocab_size": tok.vocab_size, "d_model": 48, "n_heads": 4, "n_layers": 2,
                          "d_ff": 96, "max_seq_len": 64})
-    ckpt.write_model_folder(folder, model, config_to_dict(model.config), lambda f: tok.save(f / "tokenizer.json"),
+    ckpt.write_model_folder(folder, model, model.config.to_dict(), lambda f: tok.save(f / "tokenizer.json"),
                             {"task": "masked_lm"})
     return folder
 
 
 def body_weights(folder):
     """Every weight of a checkpoint but the pretraining head, tied ones under each name (word_emb too)."""
-    model = build_model(ckpt.read_model_config(folder))
+    model = build_model(checkpoint_model_config(folder))
     ckpt.load_weights(model, folder)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("mlm_head.")}
     assert "word_emb.weight" in state and len(state) > 20
@@ -133,7 +133,7 @@ def finetune_run(base, mode, **train):
 
 def test_adapters_and_head_saved_alone_reproduce_the_predictions_exactly(base_checkpoint, tmp_path):
     run = finetune_run(base_checkpoint, "lora")
-    Trainer(run, tmp_path / "lora", quiet=True).fit()
+    train_run(run, tmp_path / "lora", quiet=True)
     best = tmp_path / "lora" / "checkpoints" / "best"
     # the base weights in the fine-tuned checkpoint are the pretrained ones, bit for bit
     tuned = load_file(best / "model.safetensors")
@@ -147,13 +147,14 @@ def test_adapters_and_head_saved_alone_reproduce_the_predictions_exactly(base_ch
     assert (best / "adapters.safetensors").stat().st_size < 0.2 * (best / "model.safetensors").stat().st_size
 
     task, finetuned, _ = load_run(best)
-    task.prepare(None)
+    task.prepare()
     want, _ = task.split_logits(finetuned, "test")
     # a fresh start: the base model (pretrained body, a new random head) + the adapters file
-    fresh = TextClassification(run)
-    fresh.prepare(None)
+    fresh = open_task(run)
     torch.manual_seed(123)
-    model = attach_adapters(fresh.build_model(), best / "adapters.safetensors").eval()
+    base = prepare_model(fresh.model_config(), FinetuneConfig(), fresh.head_prefixes(), fresh.pretrained,
+                         fresh.fresh_prefixes(fresh.pretrained))
+    model = attach_adapters(base, best / "adapters.safetensors").eval()
     got, _ = fresh.split_logits(model, "test")
     assert torch.equal(got, want)
     assert got.shape == (len(task.texts["test"]), 12)
@@ -170,7 +171,7 @@ def test_adapters_and_head_saved_alone_reproduce_the_predictions_exactly(base_ch
 
 
 def test_frozen_mode_trains_only_the_head(base_checkpoint, tmp_path):
-    metrics = Trainer(finetune_run(base_checkpoint, "frozen"), tmp_path / "frozen", quiet=True).fit()
+    metrics = train_run(finetune_run(base_checkpoint, "frozen"), tmp_path / "frozen", quiet=True)
     tuned = load_file(tmp_path / "frozen" / "checkpoints" / "last" / "model.safetensors")
     for k, v in body_weights(base_checkpoint).items():
         assert torch.equal(tuned[k], v), k
@@ -178,8 +179,6 @@ def test_frozen_mode_trains_only_the_head(base_checkpoint, tmp_path):
     assert head == {"pooler.weight", "pooler.bias", "classifier.weight", "classifier.bias"}
     assert metrics["trainable_parameters"] == sum(tuned[k].numel() for k in head)
     # and the head did learn: the classifier moved from its initialisation
-    run = finetune_run(base_checkpoint, "frozen")
-    task = TextClassification(run)
-    task.prepare(None)
+    task = open_task(finetune_run(base_checkpoint, "frozen"))
     torch.manual_seed(0)
     assert not torch.equal(task.build_model().state_dict()["classifier.weight"], tuned["classifier.weight"])

@@ -9,11 +9,12 @@ from archlab.cli import main
 from archlab.config import ConfigError
 from archlab.data.text import DataError, load_fortunes_split
 from archlab.data.tokenizer import Tokenizer
-from archlab.models import build_model, config_to_dict
+from archlab.models import build_model
+from archlab.runs import open_task
 from archlab.tasks.text_classification import TextClassification, encode_texts, trailing_specials
 from archlab.train import checkpoint as ckpt
-from archlab.train.config import load_run_config
-from archlab.train.trainer import Trainer
+from archlab.tasks.run import load_run_config
+from archlab.runs import train_run
 from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
@@ -36,7 +37,7 @@ def scratch_run(**over) -> dict:
 def trained(tmp_path_factory):
     require_path(FORTUNES, "fortunes")
     run_dir = tmp_path_factory.mktemp("tc") / "fortunes"
-    metrics = Trainer(load_run_config(scratch_run()), run_dir, quiet=True).fit()
+    metrics = train_run(load_run_config(scratch_run()), run_dir, quiet=True)
     return run_dir, metrics
 
 
@@ -101,7 +102,7 @@ def test_a_users_files_train_the_same_way(tmp_path):
         w.writerow(["label", "text"])
         w.writerows([r["label"], r["text"]] for r in rows)
     run = scratch_run(data={"dataset": str(data), "vocab_size": 500}, train={"max_steps": 2, "eval_every": 0})
-    m = Trainer(load_run_config(run), tmp_path / "run", quiet=True).fit()
+    m = train_run(load_run_config(run), tmp_path / "run", quiet=True)
     assert m["test_examples"] == 40
     assert json.loads((tmp_path / "run" / "checkpoints" / "best" / "labels.json").read_text())["classes"] == [
         "computers", "startrek"]
@@ -131,7 +132,7 @@ def test_unknown_label_in_the_test_split_is_named(tmp_path):
                                       {"text": "A well-cooked meal", "label": "food"}])
     task = TextClassification(load_run_config(scratch_run(data={"dataset": str(data)})))
     with pytest.raises(DataError, match=r"test split has label\(s\) \['food'\].*computers, startrek"):
-        task.prepare(None)
+        task.prepare()
 
 
 def test_a_missing_split_file_is_named(tmp_path):
@@ -139,7 +140,7 @@ def test_a_missing_split_file_is_named(tmp_path):
     data = user_dataset(tmp_path / "d")
     (data / "valid.jsonl").unlink()
     with pytest.raises(DataError, match="no valid.jsonl, valid.csv or valid.tsv"):
-        TextClassification(load_run_config(scratch_run(data={"dataset": str(data)}))).prepare(None)
+        TextClassification(load_run_config(scratch_run(data={"dataset": str(data)}))).prepare()
 
 
 def test_the_pretraining_corpus_holds_no_validation_or_test_text():
@@ -174,7 +175,7 @@ def test_truncation_keeps_the_closing_special_token():
 def test_length_grouped_plan_is_deterministic_full_and_less_padded():
     require_path(FORTUNES, "fortunes")
     task = TextClassification(load_run_config(scratch_run()))
-    task.prepare(None)
+    task.prepare()
     plan = task.epoch_plan(2, 32, 0)
     assert plan == task.epoch_plan(2, 32, 0) and plan != task.epoch_plan(3, 32, 0)
     flat = [i for b in plan for i in b]
@@ -191,7 +192,7 @@ def test_length_grouped_plan_is_deterministic_full_and_less_padded():
 def our_checkpoint(folder, family, tok):
     model = build_model({**TINY, "family": family, "vocab_size": tok.vocab_size})
     task = "masked_lm" if family == "bert" else "language_modeling"
-    ckpt.write_model_folder(folder, model, config_to_dict(model.config), lambda f: tok.save(f / "tokenizer.json"),
+    ckpt.write_model_folder(folder, model, model.config.to_dict(), lambda f: tok.save(f / "tokenizer.json"),
                             {"task": task})
     return model
 
@@ -203,15 +204,14 @@ def test_init_from_our_checkpoint_takes_its_weights_and_tokenizer(tmp_path, fami
     pretrained = our_checkpoint(tmp_path / "ckpt", family, tok)
     run = scratch_run(model={}, init_from=str(tmp_path / "ckpt"))
     run["model"] = {}
-    task = TextClassification(load_run_config(run))
-    task.prepare(None)
+    task = open_task(load_run_config(run))
     assert task.tokenizer.vocab_size == tok.vocab_size and task.tokenizer.is_char
     model = task.build_model()
     assert model.config.family == ("gpt_classifier" if family == "gpt" else "bert") and model.config.n_classes == 12
     ours = model.state_dict()
     body = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(("lm_head.", "mlm_head."))}
     assert body and all(torch.equal(ours[k], v) for k, v in body.items())  # tied embeddings included
-    assert task.head_parameter_prefixes() == (("score.",) if family == "gpt" else ("pooler.", "classifier."))
+    assert task.head_prefixes() == (("score.",) if family == "gpt" else ("pooler.", "classifier."))
     batch = task.collate(task.epoch_plan(0, 4, 0)[0], torch.Generator(), torch.device("cpu"))
     assert task.forward(model, batch).shape == (4, 12)
 
@@ -220,24 +220,19 @@ def test_init_from_rejects_architecture_overrides_and_wrong_families(tmp_path):
     require_path(FORTUNES, "fortunes")
     tok = Tokenizer.train_char(["abc"])
     our_checkpoint(tmp_path / "ckpt", "bert", tok)
-    task = TextClassification(load_run_config(scratch_run(init_from=str(tmp_path / "ckpt"))))
-    task.prepare(None)
     with pytest.raises(ConfigError, match="architecture is the pretrained model's"):
-        task.model_config()  # scratch_run's model has a family: not allowed with init_from
+        load_run_config(scratch_run(init_from=str(tmp_path / "ckpt")))  # a gpt family over a bert checkpoint
     run = scratch_run(init_from=str(tmp_path / "ckpt"))
     run["model"] = {"d_model": 32}
-    task = TextClassification(load_run_config(run))
-    task.prepare(None)
+    task = open_task(load_run_config(run))
     with pytest.raises(ConfigError, match="shapes differ"):
         task.build_model()
     with pytest.raises(ConfigError, match="pretrained model's own tokenizer"):
-        TextClassification(load_run_config({**run, "data": {"tokenizer": "char"}})).prepare(None)
+        load_run_config({**run, "data": {"tokenizer": "char"}})
     run["model"] = {"family": "cnn", "stages": [{}]}
     run.pop("init_from")
-    task = TextClassification(load_run_config(run))
-    task.tokenizer, task.classes = tok, ["a", "b"]
-    with pytest.raises(ConfigError, match="needs a GPT or BERT"):
-        task.model_config()
+    with pytest.raises(ConfigError, match=r"sequence-classification head \(gpt, bert\), not 'cnn'"):
+        load_run_config(run)
 
 
 def test_gpt_classifier_matches_hugging_face_gpt2_for_sequence_classification():
@@ -247,7 +242,7 @@ def test_gpt_classifier_matches_hugging_face_gpt2_for_sequence_classification():
     cfg = transformers.GPT2Config(vocab_size=60, n_embd=32, n_layer=2, n_head=4, n_positions=24, resid_pdrop=0.0,
                                   embd_pdrop=0.0, attn_pdrop=0.0, num_labels=5, pad_token_id=0)
     ref = transformers.GPT2ForSequenceClassification(cfg).eval()
-    body = config_to_dict(config_from_hf(cfg.to_dict()))
+    body = config_from_hf(cfg.to_dict()).to_dict()
     ours = build_model({**body, "family": "gpt_classifier", "n_classes": 5}).eval()
     state = state_from_hf(config_from_hf(cfg.to_dict()), ref.state_dict())
     ours.load_state_dict({**state, "lm_head.weight": state["tok_emb.weight"], "score.weight": ref.score.weight})

@@ -12,10 +12,13 @@ from safetensors.torch import load_file
 
 from archlab.config import ConfigError
 from archlab.models import build_model
+from archlab.models.finetune import checkpoint_model_config
 from archlab.train import checkpoint as ckpt
-from archlab.train.config import TrainConfig, load_run_config
+from archlab.tasks.run import load_run_config
+from archlab.train.config import TrainConfig
 from archlab.train.optim import build_optimizer, lr_lambda
-from archlab.train.trainer import Trainer, TrainingDiverged
+from archlab.errors import TrainingDiverged
+from archlab.runs import train_run
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -28,7 +31,7 @@ def digits_run(**train) -> dict:
 
 def train(tmp_path: Path, name: str, **train_kw) -> Path:
     run_dir = tmp_path / name
-    Trainer(load_run_config(digits_run(**train_kw)), run_dir, quiet=True).fit()
+    train_run(load_run_config(digits_run(**train_kw)), run_dir, quiet=True)
     return run_dir
 
 
@@ -95,10 +98,9 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
 
 
 def test_tied_weights_survive_save_and_load(tmp_path):
-    from archlab.models.config import config_to_dict
     model = build_model({"preset": "gpt-baby", "n_layers": 1})
-    ckpt.write_model_folder(tmp_path / "ck", model, config_to_dict(model.config))
-    loaded = build_model(ckpt.read_model_config(tmp_path / "ck"))
+    ckpt.write_model_folder(tmp_path / "ck", model, model.config.to_dict())
+    loaded = build_model(checkpoint_model_config(tmp_path / "ck"))
     ckpt.load_weights(loaded, tmp_path / "ck")
     assert loaded.lm_head.weight is loaded.tok_emb.weight
     assert torch.equal(loaded.tok_emb.weight, model.tok_emb.weight)
@@ -119,7 +121,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     monkeypatch.setattr(ImageClassification, "loss", poisoned)
     run_dir = tmp_path / "nan"
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*last good checkpoint"):
-        Trainer(load_run_config(digits_run(max_steps=10, save_every=2)), run_dir, quiet=True).fit()
+        train_run(load_run_config(digits_run(max_steps=10, save_every=2)), run_dir, quiet=True)
     assert (run_dir / "checkpoints" / "last" / "step.txt").read_text() == "4"
     state = ckpt.load_trainer_state(run_dir / "checkpoints" / "last")
     assert state["step"] == 4
@@ -131,7 +133,7 @@ def test_corrupt_checkpoint_is_named_and_left_alone(tmp_path):
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(ckpt.CheckpointError, match="model.safetensors is corrupt or truncated"):
-        Trainer(load_run_config(digits_run(max_steps=4)), run_dir, resume=True, quiet=True).fit()
+        train_run(load_run_config(digits_run(max_steps=4)), run_dir, resume=True, quiet=True)
     assert bad.read_bytes() == data[: len(data) // 2]  # nothing overwritten
     state = run_dir / "checkpoints" / "last" / "trainer_state" / "state.pt"
     state.write_bytes(b"not a zip")
@@ -149,7 +151,7 @@ def test_config_errors_name_key_section_and_suggestion(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown task 'imag_classification'"):
         load_run_config({**digits_run(), "task": "imag_classification"})
     with pytest.raises(ConfigError, match=r"unknown key 'datset' in section 'data'.*'dataset'"):
-        Trainer(load_run_config({**digits_run(), "data": {"datset": "digits"}}), tmp_path / "x")
+        load_run_config({**digits_run(), "data": {"datset": "digits"}})
     path = tmp_path / "bad.yaml"
     path.write_text("task: [unclosed")
     with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
@@ -204,12 +206,12 @@ def test_two_process_ddp_and_fsdp_equal_one_process(tmp_path):
 def test_early_stopping_and_best_tracking(tmp_path):
     # a learning rate too small to move the weights: the metric never improves after the first evaluation
     run_dir = tmp_path / "early"
-    metrics = Trainer(load_run_config(digits_run(max_steps=50, lr=1e-12, eval_every=1, patience=2,
-                                                 metric="val_loss", metric_mode="min")), run_dir, quiet=True).fit()
+    metrics = train_run(load_run_config(digits_run(max_steps=50, lr=1e-12, eval_every=1, patience=2,
+                                                   metric="val_loss", metric_mode="min")), run_dir, quiet=True)
     assert metrics["steps"] == 3  # best at step 1, no improvement at 2 and 3
     assert (run_dir / "checkpoints" / "best" / "step.txt").read_text() == "1"
 
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):
-    metrics = Trainer(load_run_config(digits_run(max_steps=3, precision="bf16")), tmp_path / "bf16", quiet=True).fit()
+    metrics = train_run(load_run_config(digits_run(max_steps=3, precision="bf16")), tmp_path / "bf16", quiet=True)
     assert 0.0 <= metrics["test_accuracy"] <= 1.0

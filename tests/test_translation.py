@@ -19,8 +19,8 @@ from archlab.data.text import DataError
 from archlab.runs import load_run
 from archlab.search import beam_search, greedy_search, length_limits
 from archlab.tasks.translation import Translation
-from archlab.train.config import load_run_config
-from archlab.train.trainer import Trainer
+from archlab.tasks.run import load_run_config
+from archlab.runs import train_run
 
 LETTERS = "abcdefgh"
 
@@ -47,7 +47,7 @@ def reverse_run(tmp_path_factory) -> tuple[Path, dict]:
     (root / "data").mkdir()
     for split, n in (("train", 3000), ("valid", 100), ("test", 200)):
         (root / "data" / f"{split}.tsv").write_text(reverse_pairs(n, rng))
-    metrics = Trainer(load_run_config(reverse_config(root / "data")), root / "run", quiet=True).fit()
+    metrics = train_run(load_run_config(reverse_config(root / "data")), root / "run", quiet=True)
     return root / "run", metrics
 
 
@@ -75,7 +75,8 @@ def test_tiny_transformer_learns_to_reverse(reverse_run):
     exact_beam = sum(r["beam"] == r["reference"] for r in rows) / len(rows)
     assert exact_greedy >= 0.99 and exact_beam >= 0.99, (exact_greedy, exact_beam)
     assert metrics["test_bleu"] > 95 and metrics["test_bleu_greedy"] > 95
-    for p in ("tokenizer.json", "checkpoints/best/tokenizer.json", "plots/cross_attention.png",
+    assert not (run / "tokenizer.json").exists()  # assets live in the checkpoints, never loose in the run folder
+    for p in ("checkpoints/best/tokenizer.json", "plots/cross_attention.png",
               "plots/encoder_self_attention.png", "report.md"):
         assert (run / p).exists(), p
     assert "| line " in (run / "report.md").read_text()  # the sample translations table
@@ -86,13 +87,14 @@ def test_tiny_transformer_learns_to_reverse(reverse_run):
     assert metrics["best_val_loss"] == min(e["val_loss"] for e in evals)
 
 
-def test_resume_reuses_the_run_tokenizer(reverse_run, tmp_path):
+def test_resume_reuses_the_checkpoint_tokenizer(reverse_run, tmp_path):
     from archlab.data.tokenizer import Tokenizer
 
     other = Tokenizer.train_bpe(["zz yy xx ww"] * 20, 300)  # not what this data would train
     other.save(tmp_path / "tokenizer.json")
     task = Translation(load_run_config(reverse_run[0] / "config.yaml"))
-    task.prepare(tmp_path)
+    task.load_assets(tmp_path)
+    task.prepare()
     assert task.tokenizer.tok.to_str() == other.tok.to_str()
 
 
@@ -189,15 +191,16 @@ def test_bad_tsv_lines_are_reported_with_line_numbers(tmp_path):
     task = Translation(load_run_config(reverse_config(data)))
     with pytest.raises(DataError, match=r"(?s)train\.tsv: 2 bad line\(s\).*line 2: expected 2 tab-separated.*line 4: empty"
                                         r" source"):
-        task.prepare(None)
+        task.prepare()
     (data / "test.tsv").unlink()
     with pytest.raises(DataError, match="no test.tsv or test.jsonl"):
-        task.prepare(None)
+        task.prepare()
 
 
 def test_token_batches_are_deterministic_and_bounded(reverse_run):
     task = Translation(load_run_config(reverse_run[0] / "config.yaml"))
-    task.prepare(reverse_run[0])
+    task.load_assets(reverse_run[0] / "checkpoints" / "best")
+    task.prepare()
     plan = task.epoch_plan(0, 64, 0)
     assert plan == task.epoch_plan(0, 64, 0) and plan != task.epoch_plan(1, 64, 0)
     assert sorted(i for b in plan for i in b) == list(range(len(task.examples["train"][0])))
@@ -228,8 +231,8 @@ def test_real_bible_prepared_by_whole_books(tmp_path):
                            "data": {"books": "Daniel-Amos", "bible_dir": str(tmp_path / "bible"), "vocab_size": 500},
                            "train": {"max_steps": 1}})
     task = Translation(run)
-    task.prepare(tmp_path / "run")
-    assert (tmp_path / "run" / "tokenizer.json").exists()
+    task.prepare()
+    assert task.tokenizer.vocab_size == 500
     books = {s: {line.rsplit(" ", 1)[0] for line in (tmp_path / "bible" / f"{s}.ref").read_text().splitlines()}
              for s in ("train", "valid", "test")}
     assert books == {"train": {"Hosea"}, "valid": {"Daniel"}, "test": {"Joel", "Amos"}}
@@ -243,16 +246,15 @@ def test_real_bible_prepared_by_whole_books(tmp_path):
     assert len(task.text["test"]) == sum(1 for _ in (tmp_path / "bible" / "test.tsv").open()) > 200
     # the cache is reused: same settings, no new diatheke run
     stamp = (tmp_path / "bible" / "stats.json").stat().st_mtime_ns
-    Translation(run).prepare(None)
+    Translation(run).prepare()
     assert (tmp_path / "bible" / "stats.json").stat().st_mtime_ns == stamp
 
 
 def test_translate_takes_sentences_before_or_after_options(monkeypatch):
-    import archlab.tasks.translation as translation
     from archlab import cli
 
     seen = []
-    monkeypatch.setattr(translation, "cli_translate", lambda args: seen.append((args.text, args.beam)))
+    monkeypatch.setattr(cli, "cmd_translate", lambda args: seen.append((args.text, args.beam)))
     assert cli.main(["translate", "RUN", "--beam", "1", "En el principio", "y la tierra"]) == 0
     assert cli.main(["translate", "RUN", "En el principio", "--beam", "2"]) == 0
     assert seen == [(["En el principio", "y la tierra"], 1), (["En el principio"], 2)]

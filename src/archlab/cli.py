@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
-from .config import ConfigError
+from .errors import ArchlabError, ConfigError
 
 
 def cmd_summary(args) -> None:
@@ -14,16 +16,13 @@ def cmd_summary(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from pathlib import Path
-
-    from .runs import default_run_dir
-    from .train.config import load_run_config
-    from .train.trainer import Trainer
+    from .runs import default_run_dir, train_run
+    from .tasks.run import load_run_config
 
     run = load_run_config(args.config, args.set or [])
     name = run.name or Path(args.config).stem
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(name, args.resume)
-    Trainer(run, run_dir, resume=args.resume, quiet=args.quiet).fit()
+    train_run(run, run_dir, resume=args.resume, quiet=args.quiet)
 
 
 def cmd_eval(args) -> None:
@@ -34,7 +33,9 @@ def cmd_eval(args) -> None:
     from .runs import load_run
 
     task, model, folder = load_run(args.run, prefer=args.checkpoint)
-    task.prepare(None)
+    task.prepare()
+    if hasattr(task, "eval_cap"):
+        task.eval_cap = None  # `archlab eval` scores every sentence, training evaluations a sample
     available = list(getattr(task, "splits", None) or ["train", "valid", "test"])
     split = args.split or ("test" if "test" in available else "valid")
     if split not in available:  # a language model has train and valid only
@@ -64,21 +65,89 @@ def cmd_predict(args) -> None:
 
 
 def cmd_translate(args) -> None:
-    from .tasks.translation import cli_translate
+    """`archlab translate RUN [TEXT ...] [--input FILE --output FILE] [--beam N]`."""
+    from .runs import load_run
 
-    cli_translate(args)
+    if args.beam < 1 or args.batch_size < 1:
+        raise ConfigError(f"--beam and --batch-size must be at least 1, got {args.beam} and {args.batch_size}")
+    if args.max_len_ratio <= 0:
+        raise ConfigError(f"--max-len-ratio must be positive, got {args.max_len_ratio}")
+    if bool(args.text) == bool(args.input):
+        raise ConfigError("give the sentences to translate as arguments or as --input FILE (one per line), not both")
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        try:
+            lines = path.read_text(encoding="utf-8-sig").split("\n")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 ({e.reason}); re-save it as UTF-8") from None
+        if lines and lines[-1] == "":  # the file's final newline ends the last line, it is not a line
+            lines.pop()
+    else:
+        lines = list(args.text)
+    task, model, _ = load_run(args.run)
+    if task.name != "translation":
+        raise ConfigError(f"{args.run} is a {task.name} run; translate works on translation runs")
+    out = task.translate(model, lines, args.beam, args.length_penalty, args.max_len_ratio, args.batch_size)
+    if args.output:
+        Path(args.output).write_text("".join(t + "\n" for t in out), encoding="utf-8")
+    else:
+        print("\n".join(out))
 
 
 def cmd_generate(args) -> None:
-    from .tasks.language_modeling import cli_generate
+    import torch
 
-    cli_generate(args)
+    from .generate import generate
+    from .runs import load_run
+
+    task, model, _ = load_run(args.run)
+    if task.name != "language_modeling":
+        raise ConfigError(f"{args.run} is a {task.name} run; generate needs a causal language model run")
+    tok = task.tokenizer
+    prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.encode("\n")[0] if tok.encode("\n") else 0]
+    limit = model.config.max_seq_len
+    if len(prompt_ids) >= limit:
+        print(f"note: the prompt has {len(prompt_ids)} tokens; the model sees the last {limit - 1} "
+              f"(its context is {limit})", file=sys.stderr)
+    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    for sample in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- sample {sample + 1} ---")
+        print(args.prompt, end="", flush=True)
+        shown = ""
+        ids_so_far: list[int] = []
+
+        def stream(token: int) -> None:
+            nonlocal shown
+            ids_so_far.append(token)
+            text = tok.decode(ids_so_far)  # whole-sequence decode: byte-level pieces may complete later
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+
+        t0 = time.perf_counter()
+        out = generate(model, torch.tensor([prompt_ids]), args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, generator=generator, eos_id=tok.eos_id, on_token=stream,
+                       compile=args.compile)
+        n = out.size(1) - len(prompt_ids)
+        print(f"\n[{n} tokens in {time.perf_counter() - t0:.2f} s]", file=sys.stderr)
 
 
 def cmd_classify(args) -> None:
-    from .tasks.text_classification import cli_classify
+    from .runs import load_run
 
-    cli_classify(args)
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
+    task, model, _ = load_run(args.run)
+    if task.name != "text_classification":
+        raise ConfigError(f"{args.run} is a {task.name} run; classify needs a text-classification run")
+    width = max(len(c) for c in task.classes)
+    for text, top in zip(args.text, task.predict(model, args.text, args.top)):
+        short = " ".join(text.split())
+        print(short[:100] + ("…" if len(short) > 100 else ""))
+        for c, p in top:
+            print(f"  {c:<{width}}  {p:6.1%}  {'█' * round(p * 30)}")
 
 
 def cmd_data_prepare(args) -> None:
@@ -199,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ArchlabError, OSError, ValueError, RuntimeError) as e:
         print(f"archlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

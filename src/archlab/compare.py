@@ -23,7 +23,7 @@ import yaml
 from .config import ConfigError, parse_override, set_path
 
 if TYPE_CHECKING:
-    from .train.config import RunConfig
+    from .tasks.run import RunConfig
 
 
 @dataclass
@@ -139,7 +139,7 @@ def step_cost(run_cfg) -> tuple[float, float, str, int]:
     from .tasks import TASKS
 
     task = TASKS[run_cfg.task](run_cfg)
-    task.prepare(None)
+    task.prepare()
     plan = task.epoch_plan(0, run_cfg.train.batch_size, run_cfg.train.seed)
     batch = task.collate(plan[0], torch.Generator().manual_seed(0), torch.device("cpu"))
     cfg = task.model_config()
@@ -182,7 +182,7 @@ def extrapolation_losses(model, tokens: torch.Tensor, context: int, factors: lis
 def budgeted_config(variant: Variant, seed: int, spec: Spec) -> tuple[RunConfig, tuple[float, float, str, int]]:
     """The variant's run config for `seed` with the spec's budget turned into its own length, and its
     step cost (FLOPs per step, units per step, unit, parameters)."""
-    from .train.config import load_run_config
+    from .tasks.run import load_run_config
 
     run = _apply(variant.run, {"train.seed": seed})
     budget = spec.budget
@@ -199,15 +199,13 @@ def budgeted_config(variant: Variant, seed: int, spec: Spec) -> tuple[RunConfig,
 
 
 def run_variant(variant: Variant, seed: int, spec: Spec, out: Path, quiet: bool) -> dict[str, Any]:
-    from .train.trainer import Trainer
+    from .runs import train_run
 
     run_dir = out / "runs" / _slug(variant.name) / f"seed{seed}"
     done = run_dir / "metrics.json"
     cfg, (flops_per_step, units, unit, params) = budgeted_config(variant, seed, spec)
     if not done.exists():
-        resume = (run_dir / "checkpoints").exists()
-        trainer = Trainer(cfg, run_dir, resume=resume, quiet=True)
-        trainer.fit()
+        train_run(cfg, run_dir, resume=(run_dir / "checkpoints").exists(), quiet=True)
     metrics = json.loads(done.read_text())
     result = {"variant": variant.name, "seed": seed, "run_dir": str(run_dir), "parameters": params,
               "flops_per_step": flops_per_step, "units_per_step": units, "unit": unit,
@@ -222,7 +220,7 @@ def _extrapolate(run_dir: Path, factors: list[int]) -> dict:
     from .runs import load_run
 
     task, model, _ = load_run(run_dir)
-    task.prepare(None)
+    task.prepare()
     tokens = task.validation_tokens()
     return extrapolation_losses(model, tokens, model.config.max_seq_len, factors)
 
@@ -276,7 +274,7 @@ def plot_metric_vs_flops(results: list[dict], metric: str, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(f"{key.replace('_', ' ')} vs compute (mean ± std over seeds)")
-    return viz._save(fig, path)
+    return viz.save_figure(fig, path)
 
 
 def write_report(out: Path, spec: Spec, rows: list[dict], metric: str, mode: str, plot: Path | None) -> Path:

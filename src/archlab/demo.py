@@ -59,14 +59,14 @@ def train_recipe(ctx: DemoContext, base: dict[str, Any], overrides: dict[str, An
     import copy
 
     from .config import set_path
-    from .train.config import load_run_config
-    from .train.trainer import Trainer
+    from .runs import train_run
+    from .tasks.run import load_run_config
 
     run = copy.deepcopy(base)
     for key, value in overrides.items():
         set_path(run, key.split("."), value)
     run_dir = ctx.out / run_name
-    metrics = Trainer(load_run_config(run), run_dir, quiet=False).fit()
+    metrics = train_run(load_run_config(run), run_dir)
     return run_dir, metrics
 
 
@@ -108,9 +108,9 @@ def demo_sentence() -> tuple[str, str]:
     except Exception:
         pass
     try:
-        from .data.text import FORTUNE_CATEGORIES, _fortune_path, read_fortune_file
+        from .data.text import FORTUNE_CATEGORIES, fortune_path, read_fortune_file
 
-        entry = next(e for e in read_fortune_file(_fortune_path(FORTUNE_CATEGORIES[1])) if 40 < len(e) < 160)
+        entry = next(e for e in read_fortune_file(fortune_path(FORTUNE_CATEGORIES[1])) if 40 < len(e) < 160)
         return " ".join(entry.split()), "a fortune (Debian fortunes)"
     except Exception:
         return "The animal didn't cross the street because it was too tired.", "a sentence (no corpus installed)"
@@ -161,7 +161,7 @@ def step_translation(ctx: DemoContext) -> StepResult:
     # A fixed number of steps, not seconds, so that two runs give the same BLEU (~25 s / ~190 s on 2 cores).
     # For a few minutes of CPU, many steps of a narrow model beat few steps of a wide one (measured:
     # 600 steps at width 128 reach test BLEU ~9, 250 steps at width 256 ~1, in about the same time).
-    overrides = {"data.books": "Matthew-Revelation", "data.vocab_size": 4000, "model.vocab_size": 4000,
+    overrides = {"data.books": "Matthew-Revelation", "data.vocab_size": 4000,
                  "model.d_model": 128, "model.d_ff": 512, "model.n_heads": 4, "model.n_encoder_layers": 2,
                  "model.n_decoder_layers": 2, "data.eval_sentences": 50 if ctx.quick else 150,
                  "data.test_sentences": 60 if ctx.quick else 300, "train.lr": 2e-3,

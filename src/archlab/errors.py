@@ -21,3 +21,7 @@ class CheckpointError(ArchlabError, RuntimeError):
 
 class TrainingDiverged(ArchlabError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class HFImportError(ConfigError):
+    """A Hugging Face folder cannot be read into (or written from) an archlab model; the message says why."""

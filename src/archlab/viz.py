@@ -15,18 +15,16 @@ import torch  # noqa: E402
 plt.rcParams["font.sans-serif"] = ["DejaVu Sans", "Noto Sans CJK SC", "WenQuanYi Zen Hei", "AR PL UMing CN"]
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def plot_training_curves(run_dir: Path) -> list[Path]:
-    """plots/loss.png (training loss, and every validation metric with 'loss' in its name) and plots/lr.png."""
-    from .train.logging import read_metrics
-
-    records = read_metrics(run_dir)
+def plot_training_curves(records: list[dict], plots: Path) -> list[Path]:
+    """plots/loss.png (training loss, and every validation metric with 'loss' in its name) and plots/lr.png,
+    from a run's metrics.jsonl records."""
     train = [r for r in records if r.get("split") == "train"]
     valid = [r for r in records if r.get("split") == "valid"]
     if not train:
@@ -42,7 +40,7 @@ def plot_training_curves(run_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Loss")
-    out.append(_save(fig, run_dir / "plots" / "loss.png"))
+    out.append(save_figure(fig, plots / "loss.png"))
     others = sorted({k for r in valid for k in r if k not in ("step", "epoch", "split") and "loss" not in k})
     if others:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -53,14 +51,14 @@ def plot_training_curves(run_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title("Validation metrics")
-        out.append(_save(fig, run_dir / "plots" / "validation.png"))
+        out.append(save_figure(fig, plots / "validation.png"))
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.plot([r["step"] for r in train], [r["lr"] for r in train])
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     ax.grid(alpha=0.3)
     ax.set_title("Learning-rate schedule")
-    out.append(_save(fig, run_dir / "plots" / "lr.png"))
+    out.append(save_figure(fig, plots / "lr.png"))
     return out
 
 
@@ -78,7 +76,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_image_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[str], path: Path, title: str,
@@ -96,7 +94,7 @@ def plot_image_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Seque
             ax.imshow(images[k].numpy(), cmap=cmap, **({"vmin": -limit, "vmax": limit} if symmetric else {}))
             ax.set_title(titles[k], fontsize=7)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_image_heatmaps(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str], path: Path,
@@ -114,7 +112,7 @@ def plot_image_heatmaps(images: torch.Tensor, maps: torch.Tensor, titles: Sequen
         axes[0, k].axis("off")
         axes[1, k].axis("off")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_attention(weights: torch.Tensor, query_tokens: Sequence[str], key_tokens: Sequence[str], path: Path,
@@ -140,4 +138,4 @@ def plot_attention(weights: torch.Tensor, query_tokens: Sequence[str], key_token
         ax.set_title(f"head {h}" if heads > 1 else "mean over heads", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -190,7 +190,7 @@ def _package_for(name: str) -> str:
     return "fortunes-zh" if name in CHINESE_FORTUNES else "fortunes"
 
 
-def _fortune_path(name: str, directory=None) -> Path:
+def fortune_path(name: str, directory=None) -> Path:
     path = Path(directory or fortune_dir()) / name
     if not path.is_file():
         pkg = _package_for(name)
@@ -265,7 +265,7 @@ def load_fortunes_split(categories=FORTUNE_CATEGORIES, fortune_dir=None, valid_f
     labels_of: dict[str, set[str]] = {}
     per_cat: dict[str, list[str]] = {}
     for cat in categories:
-        texts = read_fortune_file(_fortune_path(cat, fortune_dir))
+        texts = read_fortune_file(fortune_path(cat, fortune_dir))
         per_cat[cat] = texts
         for t in texts:
             labels_of.setdefault(_dedup_key(t), set()).add(cat)
@@ -310,7 +310,7 @@ def prepare_fortunes(out_dir, categories=FORTUNE_CATEGORIES, fortune_dir=None, v
 # pretraining corpora
 
 def _fortunes_corpus(names, directory=None) -> str:
-    return "\n\n".join(e for n in names for e in read_fortune_file(_fortune_path(n, directory)))
+    return "\n\n".join(e for n in names for e in read_fortune_file(fortune_path(n, directory)))
 
 
 _NOT_FOR_PRETRAINING = (*CHINESE_FORTUNES, "ascii-art", "men-women", "ethnic", "drugs")

@@ -1,36 +1,17 @@
-"""Model families built by name (preset) or config."""
+"""Model families: each file of this package registers itself (models/registry.py); importing the
+package imports them all, so adding a family is adding a file."""
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import pkgutil
 
-import torch.nn as nn
+from .registry import (FAMILIES, PRESETS, Family, FamilyConfig, build_model, build_skeleton, count_parameters,
+                       get_family, model_config, register_family, replace_config)
 
-from .bert import Bert
-from .cnn import ConvNet
-from .config import FAMILIES, PRESETS, config_to_dict, model_config
-from .gpt import GPT
-from .transformer import EncoderDecoder
-from .vit import ViT
+_NOT_FAMILIES = {"registry", "flops", "hf", "finetune"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _NOT_FAMILIES:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"cnn": ConvNet, "gpt": GPT, "bert": Bert, "encdec": EncoderDecoder, "vit": ViT}
-
-from .classifier import GPTClassifier, GPTClassifierConfig  # noqa: E402  (a GPT subclass: after .gpt)
-
-FAMILIES[GPTClassifierConfig.family] = GPTClassifierConfig
-MODEL_CLASSES[GPTClassifierConfig.family] = GPTClassifier
-
-
-def build_model(config: Any) -> nn.Module:
-    """A model from a config object, a preset name, or a mapping ({preset: ..., overrides} or {family: ...})."""
-    if isinstance(config, (str, dict)):
-        config = model_config(config)
-    return MODEL_CLASSES[config.family](config)
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Unique parameters (a tied weight counts once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-__all__ = ["build_model", "count_parameters", "model_config", "config_to_dict", "PRESETS", "FAMILIES",
-           "ConvNet", "GPT", "Bert", "EncoderDecoder", "ViT"]
+__all__ = ["FAMILIES", "PRESETS", "Family", "FamilyConfig", "build_model", "build_skeleton", "count_parameters",
+           "get_family", "model_config", "register_family", "replace_config"]

@@ -1,6 +1,5 @@
-"""Sequence classification with GPT, as Hugging Face's GPT2ForSequenceClassification (BERT has its
-own head: models/bert.py with n_classes > 0), and mean-pooled sentence embeddings (all-MiniLM-L6-v2).
-"""
+"""Sequence classification with GPT, as Hugging Face's GPT2ForSequenceClassification (BERT has its own
+head: models/bert.py with n_classes > 0)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,22 +7,22 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ConfigError
-from .config import GPTConfig
-from .gpt import GPT
+from ..errors import ConfigError
+from .flops import Cost
+from .gpt import GPT, GPTConfig, gpt_activation_bytes, gpt_cost
+from .registry import Family, register_family
 
 
 @dataclass
 class GPTClassifierConfig(GPTConfig):
     family: ClassVar[str] = "gpt_classifier"
-    n_classes: int = 2
+    n_classes: int | None = None  # None: from the data set
 
     def validate(self) -> None:
         super().validate()
-        if self.n_classes < 2:
+        if self.n_classes is not None and self.n_classes < 2:
             raise ConfigError(f"n_classes must be at least 2, got {self.n_classes}")
 
 
@@ -31,6 +30,8 @@ class GPTClassifier(GPT):
     """GPT + a bias-free linear `score` on the last real token, the only one that has read the whole text."""
 
     def __init__(self, cfg: GPTClassifierConfig):
+        if cfg.n_classes is None:
+            raise ConfigError("model.n_classes is not set (a task sets it from the data set)")
         super().__init__(cfg)
         self.score = nn.Linear(cfg.d_model, cfg.n_classes, bias=False)
         nn.init.normal_(self.score.weight, 0.0, 0.02)
@@ -45,12 +46,13 @@ class GPTClassifier(GPT):
         return self.score(h[rows, last])
 
 
-def mean_pool(hidden: Tensor, key_padding_mask: Tensor) -> Tensor:
-    """(B, T, d) -> (B, d): the mean over real tokens (sentence-transformers' pooling)."""
-    real = (~key_padding_mask).unsqueeze(-1).to(hidden.dtype)
-    return (hidden * real).sum(1) / real.sum(1).clamp(min=1e-9)
+def classifier_cost(cfg: GPTClassifierConfig, seq_len: int | None = None) -> Cost:
+    cost = gpt_cost(cfg, seq_len)  # the lm_head is built (tied) but not run: the score layer is per sequence
+    cost.forward_flops -= 2 * cfg.d_model * (cfg.vocab_size or 0)
+    return cost
 
 
-def sentence_embeddings(bert: nn.Module, ids: Tensor, key_padding_mask: Tensor) -> Tensor:
-    """all-MiniLM-L6-v2's sentence embedding: mean over real tokens, L2-normalised. (B, T) -> (B, d)."""
-    return F.normalize(mean_pool(bert(ids, key_padding_mask=key_padding_mask), key_padding_mask), dim=-1)
+register_family(Family("gpt_classifier", GPTClassifierConfig, GPTClassifier, kind="sequence_classifier",
+                       cost=classifier_cost, memory=gpt_activation_bytes, classifier="gpt_classifier"))
+
+__all__ = ["GPTClassifier", "GPTClassifierConfig"]

@@ -1,18 +1,66 @@
 """ConvNet: a list of conv stages from the config, then a fully connected head."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..nn.conv import ConvBlock, ResidualBlock
-from .config import ConvNetConfig
+from .flops import Cost
+from .registry import Family, FamilyConfig, build_skeleton, count_parameters, register_family
+
+
+@dataclass
+class StageConfig:
+    """One CNN stage: a plain conv block, or `blocks` ResNet basic blocks (first one strided)."""
+    type: Literal["conv", "residual"] = "conv"
+    channels: int = 32
+    kernel: int = 3
+    padding: int = 0
+    stride: int = 1
+    blocks: int = 1
+    batch_norm: bool = False
+    pool: Literal["none", "max", "avg"] = "none"
+
+    def validate(self) -> None:
+        for key in ("channels", "kernel", "stride", "blocks"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.padding < 0:
+            raise ConfigError(f"padding must be at least 0, got {self.padding}")
+
+
+@dataclass
+class ConvNetConfig(FamilyConfig):
+    family: ClassVar[str] = "cnn"
+    in_channels: int = 1
+    image_size: int = 28
+    n_classes: int | None = None  # None: from the data set
+    stages: list[StageConfig] = field(default_factory=list)
+    global_pool: bool = False  # average over space before the head (else flatten)
+    hidden: list[int] = field(default_factory=list)  # fully connected layers before the classifier
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if not self.stages:
+            raise ConfigError("a ConvNet needs at least one stage")
+        if self.n_classes is not None and self.n_classes < 2:
+            raise ConfigError(f"n_classes must be at least 2, got {self.n_classes}")
+        if self.in_channels < 1 or self.image_size < 1 or any(h < 1 for h in self.hidden):
+            raise ConfigError("in_channels, image_size and hidden sizes must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class ConvNet(nn.Module):
     def __init__(self, cfg: ConvNetConfig):
         super().__init__()
+        if cfg.n_classes is None:
+            raise ConfigError("model.n_classes is not set (a task sets it from the data set)")
         self.config = cfg
         stages, ch = [], cfg.in_channels
         for s in cfg.stages:
@@ -26,19 +74,28 @@ class ConvNet(nn.Module):
                 stages.append(nn.Sequential(*blocks))
             ch = s.channels
         self.stages = nn.ModuleList(stages)
-        with torch.no_grad():  # infer the flattened size from a dummy image
-            probe = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size)
-            for stage in self.stages:
-                probe = stage(probe)
-        if probe.shape[-1] < 1 or probe.shape[-2] < 1:
-            raise ValueError(f"the conv stages shrink a {cfg.image_size}x{cfg.image_size} image to nothing")
-        width = probe.shape[1] if cfg.global_pool else probe[0].numel()
+        shape = self.feature_shape()
+        if shape[-1] < 1 or shape[-2] < 1:
+            raise ConfigError(f"the conv stages shrink a {cfg.image_size}x{cfg.image_size} image to nothing")
+        width = shape[0] if cfg.global_pool else shape[0] * shape[1] * shape[2]
         head = []
         for h in cfg.hidden:
             head += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
             width = h
         head.append(nn.Linear(width, cfg.n_classes))
         self.head = nn.Sequential(*head)
+        # oneDNN's (and cuDNN's) convolutions run faster in NHWC; 1-channel inputs are NCHW and NHWC at once
+        self.to(memory_format=torch.channels_last)
+
+    def feature_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) after the last stage, from a probe image (on the meta device when the
+        model is built there: shapes only)."""
+        probe = torch.zeros(1, self.config.in_channels, self.config.image_size, self.config.image_size,
+                            device=next(self.parameters()).device)
+        with torch.no_grad():
+            for stage in self.stages:
+                probe = stage(probe)
+        return tuple(probe.shape[1:])
 
     def features(self, x: Tensor) -> list[Tensor]:
         """The feature map after every stage (for plots)."""
@@ -57,3 +114,56 @@ class ConvNet(nn.Module):
             x = stage(x)
         x = x.mean(dim=(2, 3)) if cfg.global_pool else x.flatten(1)
         return self.head(x)
+
+
+def cnn_cost(cfg: ConvNetConfig, seq_len: int | None = None) -> Cost:
+    flops, ch, size = 0.0, cfg.in_channels, cfg.image_size
+
+    def conv(cin, cout, k, stride, pad):
+        nonlocal size
+        size = (size + 2 * pad - k) // stride + 1
+        return 2 * cin * cout * k * k * size * size
+
+    for s in cfg.stages:
+        if s.type == "conv":
+            flops += conv(ch, s.channels, s.kernel, s.stride, s.padding)
+        else:
+            for i in range(s.blocks):
+                cin, stride = (ch, s.stride) if i == 0 else (s.channels, 1)
+                flops += conv(cin, s.channels, 3, stride, 1)
+                flops += conv(s.channels, s.channels, 3, 1, 1)
+                if cin != s.channels or stride != 1:
+                    flops += 2 * cin * s.channels * size * size  # 1x1 projection
+        if s.pool != "none":
+            size //= 2
+        ch = s.channels
+    width = ch if cfg.global_pool else ch * size * size
+    for h in [*cfg.hidden, cfg.n_classes or 10]:
+        flops += 2 * width * h
+        width = h
+    return Cost("example", flops, count_parameters(build_skeleton(cfg)))
+
+
+def cnn_activation_bytes(cfg: ConvNetConfig, batch: int, seq_len: int | None = None) -> float:
+    """Each stage keeps its input, pre-activation and output maps: a rough 3 fp32 tensors per conv."""
+    acts, size = 0.0, cfg.image_size
+    for s in cfg.stages:
+        size = (size + 2 * s.padding - s.kernel) // s.stride + 1 if s.type == "conv" else size // s.stride
+        acts += 3 * s.channels * size * size * (2 * s.blocks if s.type == "residual" else 1)
+        size = size // 2 if s.pool != "none" else size
+    return 4 * acts * batch
+
+
+register_family(Family(
+    "cnn", ConvNetConfig, ConvNet, kind="image_classifier", cost=cnn_cost, memory=cnn_activation_bytes,
+    presets={
+        # the article's Keras model (section 4.1): 93,322 parameters with 10 classes
+        "seed-cnn": dict(n_classes=10, stages=[dict(channels=32, pool="max"), dict(channels=64, pool="max"), dict(channels=64)],
+                         hidden=[64]),
+        # a small ResNet for Fashion-MNIST on a CPU: 28 -> 14 -> 7, global pooling
+        "resnet-small": dict(stages=[dict(channels=32, padding=1, batch_norm=True),
+                                     dict(type="residual", channels=32, blocks=1),
+                                     dict(type="residual", channels=64, blocks=1, stride=2),
+                                     dict(type="residual", channels=128, blocks=1, stride=2)], global_pool=True,
+                             n_classes=10),
+    }))

@@ -1,17 +1,63 @@
-"""Transformer stacks and the encoder-decoder (Vaswani et al., 2017)."""
+"""Transformer stacks (shared by GPT, BERT, ViT and the encoder-decoder) and the encoder-decoder family
+(Vaswani et al., 2017)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..nn.attention import KVCache
-from ..nn.block import TransformerBlock
+from ..nn.block import BlockConfig, TransformerBlock
+from ..nn.feedforward import MoE
 from ..nn.norm import build_norm
 from ..nn.position import ALiBi, LearnedPositions, Rotary, SinusoidalPositions
-from .config import EncoderDecoderConfig, TransformerFamilyConfig
+from .flops import Cost, kv_cache_bytes, layer_flops, transformer_activation_bytes
+from .registry import Family, FamilyConfig, build_skeleton, count_parameters, register_family
+
+Position = Literal["sinusoidal", "learned", "rope", "alibi", "none"]
+
+
+@dataclass
+class TransformerFamilyConfig(BlockConfig, FamilyConfig):
+    vocab_size: int | None = None  # None: from the task's tokenizer
+    max_seq_len: int = 256
+    position: Position = "learned"
+    rope_base: float = 10000.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ConfigError(f"vocab_size must be positive, got {self.vocab_size}")
+        if self.max_seq_len < 1:
+            raise ConfigError(f"max_seq_len must be at least 1, got {self.max_seq_len}")
+        if self.position == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"position 'rope' needs an even head dimension, got d_model/n_heads = "
+                              f"{self.d_model // self.n_heads}")
+
+    def require_vocab(self) -> int:
+        if self.vocab_size is None:
+            raise ConfigError(f"model.vocab_size is not set for family {self.family!r} (a task sets it from its "
+                              f"tokenizer; give it when building a model by hand)")
+        return self.vocab_size
+
+
+class TransformerHooks:
+    """What the training engine asks of a model built from Transformer stacks (train/trainer.py): the
+    blocks to shard one by one under FSDP, and the MoE load-balancing loss to add to the task's loss."""
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return [block for m in self.modules() if isinstance(m, TransformerStack) for block in m.blocks]
+
+    def extra_loss(self) -> Tensor | None:
+        losses = [m.aux_loss for m in self.modules() if isinstance(m, MoE)]
+        if not losses:
+            return None
+        return self.config.moe.aux_loss_weight * torch.stack(losses).sum()
 
 
 class Positions(nn.Module):
@@ -59,13 +105,31 @@ def new_caches(cfg: TransformerFamilyConfig, n_layers: int, batch: int, max_len:
     return [KVCache(batch, cfg.kv_heads, max_len, hd, like.device, like.dtype) for _ in range(n_layers)]
 
 
-class EncoderDecoder(nn.Module):
+@dataclass
+class EncoderDecoderConfig(TransformerFamilyConfig):
+    family: ClassVar[str] = "encdec"
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    position: Position = "sinusoidal"
+    norm_placement: Literal["pre", "post"] = "post"
+    activation: Literal["relu", "gelu", "gelu_tanh", "swiglu"] = "relu"
+    dropout: float = 0.1
+    tie_embeddings: bool = True  # one embedding for source, target and the output layer (shared vocab)
+    pad_id: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_encoder_layers < 1 or self.n_decoder_layers < 1:
+            raise ConfigError("n_encoder_layers and n_decoder_layers must be at least 1")
+
+
+class EncoderDecoder(TransformerHooks, nn.Module):
     """Shared source/target vocabulary: one embedding for both sides, tied with the output layer."""
 
     def __init__(self, cfg: EncoderDecoderConfig):
         super().__init__()
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.embed = nn.Embedding(cfg.require_vocab(), cfg.d_model, padding_idx=cfg.pad_id)
         self.positions = Positions(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder = TransformerStack(cfg, cfg.n_encoder_layers)
@@ -129,3 +193,30 @@ class EncoderDecoder(nn.Module):
         selfs = new_caches(self.config, self.config.n_decoder_layers, batch, max_len, like)
         cross = new_caches(self.config, self.config.n_decoder_layers, batch, 0, like)
         return list(zip(selfs, cross))
+
+
+def encdec_cost(cfg: EncoderDecoderConfig, seq_len: int | None = None, src_len: int | None = None) -> Cost:
+    """Per target token, with a source as long as the target (the usual translation setting)."""
+    T = seq_len or cfg.max_seq_len
+    S = src_len or T
+    d, hd = cfg.d_model, cfg.d_model // cfg.n_heads
+    enc = cfg.n_encoder_layers * layer_flops(cfg, S) * S / T
+    cross = 2 * d * d + 2 * d * d + 4 * S * d + 2 * d * 2 * cfg.kv_heads * hd * S / T
+    dec = cfg.n_decoder_layers * (layer_flops(cfg, T) + cross)
+    return Cost("token", enc + dec + 2 * d * (cfg.vocab_size or 0), count_parameters(build_skeleton(cfg)))
+
+
+register_family(Family(
+    "encdec", EncoderDecoderConfig, EncoderDecoder, kind="seq2seq", cost=encdec_cost,
+    memory=lambda cfg, batch, seq_len=None: transformer_activation_bytes(
+        cfg, cfg.n_encoder_layers + cfg.n_decoder_layers, batch, seq_len or cfg.max_seq_len),
+    cache_bytes=lambda cfg, context: kv_cache_bytes(cfg, cfg.n_decoder_layers),
+    presets={
+        # Vaswani et al. (2017) base: ~65M parameters with a 37k shared BPE vocabulary
+        "transformer-base": dict(vocab_size=37000, d_model=512, n_heads=8, d_ff=2048, n_encoder_layers=6,
+                                 n_decoder_layers=6, dropout=0.1, max_seq_len=256),
+        "transformer-small": dict(vocab_size=8000, d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=3,
+                                  n_decoder_layers=3, dropout=0.1, max_seq_len=256),
+        "transformer-tiny": dict(vocab_size=1000, d_model=64, n_heads=4, d_ff=256, n_encoder_layers=2,
+                                 n_decoder_layers=2, dropout=0.0, max_seq_len=128),
+    }))

@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ConfigError
 from ..data import images as img
-from .base import Task
+from ..errors import ConfigError, DataError
+from .base import ClassificationTask, epoch_generator, model_device
 
 
 @dataclass
@@ -24,6 +24,7 @@ class ImageDataConfig:
     data_dir: str | None = None
     fallback: bool = True  # use the bundled digits set when the IDX files are missing
     valid_frac: float = 0.1  # carved from the training set; the test set is only for the final evaluation
+    classes: list[str] | None = None  # train on these classes only (e.g. to fine-tune onto a smaller task)
     train_subset: int | None = None  # first N training images only (tests, quick demos)
     test_subset: int | None = None
     augment: img.Augment = field(default_factory=img.Augment)
@@ -41,23 +42,43 @@ class ImageDataConfig:
                               "mirror; set augment.crop_padding or augment.hflip, or tta: false")
 
 
-class ImageClassification(Task):
+class ImageClassification(ClassificationTask):
     name = "image_classification"
     DataConfig = ImageDataConfig
     headline = ("test_accuracy", "val_accuracy", "test_loss")
+    kinds = ("image_classifier",)
+
+    def __init__(self, run):
+        super().__init__(run)
+        self.size = run.model.image_size
+        self.input_size = self.size
+        self.mean: list[float] = []
+        self.std: list[float] = []
+        self.dataset_name = self.source = self.description = ""
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.augment = self.data.augment
 
     # --- data ------------------------------------------------------------------------------------
-    def prepare(self, run_dir: Path | None) -> None:
+    def prepare(self) -> None:
         d = self.data
         ds = img.load_image_dataset(d.dataset, d.data_dir, d.fallback)
-        self.dataset_name, self.source, self.classes = ds.name, ds.source, list(ds.classes)
+        self.dataset_name, self.source, self.classes = ds.name, ds.source, list(d.classes or ds.classes)
         tx, ty, vx, vy = img.split_train_valid(ds.train_x, ds.train_y, d.valid_frac, seed=0)
+        test_x, test_y = ds.test_x, ds.test_y
+        if d.classes:
+            unknown = [c for c in d.classes if c not in ds.classes]
+            if unknown or len(set(d.classes)) < 2:
+                raise ConfigError(f"data.classes: {unknown or d.classes} — give 2+ distinct classes of {ds.name}: "
+                                  f"{', '.join(ds.classes)}")
+            keep = [ds.classes.index(c) for c in d.classes]
+            tx, ty = _only(tx, ty, keep)
+            vx, vy = _only(vx, vy, keep)
+            test_x, test_y = _only(test_x, test_y, keep)
         if d.train_subset:
             tx, ty = tx[: d.train_subset], ty[: d.train_subset]
-        test_x, test_y = ds.test_x, ds.test_y
         if d.test_subset:
             test_x, test_y = test_x[: d.test_subset], test_y[: d.test_subset]
-        self.size, self.input_size = self._model_image_size(), ds.train_x.shape[-1]
+        self.input_size = ds.train_x.shape[-1]
         self.splits = {"train": (tx, ty), "valid": (vx, vy), "test": (test_x, test_y)}
         mean, std = img.channel_stats(tx)
         self.mean, self.std = list(mean), list(std)
@@ -67,26 +88,12 @@ class ImageClassification(Task):
         self.description = (f"{ds.name} from {ds.source}: {len(ty)} training, {len(vy)} validation (held out of "
                             f"the training set), {len(test_y)} test images, {len(self.classes)} classes")
 
-    def _model_image_size(self) -> int:
-        return int(self.run.model.get("image_size") or self.model_config().image_size)
-
-    def model_config(self):
-        from ..models.config import model_config
-
-        cfg = dict(self.run.model)
-        if hasattr(self, "classes"):
-            cfg.setdefault("n_classes", len(self.classes))
-        return model_config(cfg)
-
-    def build_model(self) -> nn.Module:
-        from ..models.cnn import ConvNet
-
-        model = super().build_model()
-        # oneDNN's convolutions run faster in NHWC; the inputs (one channel) are NCHW and NHWC at once
-        return model.to(memory_format=torch.channels_last) if isinstance(model, ConvNet) else model
-
-    def head_parameter_prefixes(self) -> tuple[str, ...]:
+    def head_prefixes(self) -> tuple[str, ...]:
         return ("head.",)
+
+    def classifier_prefix(self, model_cfg) -> str:
+        """The head's last Linear: a CNN's head is [Linear, ReLU, Dropout] per hidden layer, then the classifier."""
+        return f"head.{3 * len(model_cfg.hidden)}." if model_cfg.family == "cnn" else "head."
 
     def to_input(self, x_uint8: Tensor, device: torch.device) -> Tensor:
         """uint8 (N, C, h, w) -> normalised float (N, C, S, S) at the model's size (digits are 8x8)."""
@@ -97,7 +104,7 @@ class ImageClassification(Task):
 
     def epoch_plan(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
         n = len(self.splits["train"][1])
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch)).tolist()
+        order = torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
         return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]  # full batches only
 
     def collate(self, refs: list[int], generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
@@ -123,7 +130,7 @@ class ImageClassification(Task):
     def predict_split(self, model: nn.Module, split: str, max_batches: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(float32 logits, labels, uint8 images) of a split's first max_batches evaluation batches."""
         x, y = self.splits[split]
-        device = next(model.parameters()).device
+        device = model_device(model)
         bs = self.data.eval_batch_size
         n = len(y) if max_batches is None else min(len(y), max_batches * bs)
         logits = torch.cat([self.eval_logits(model, self.to_input(x[i:i + bs], device)).cpu() for i in range(0, n, bs)])
@@ -131,9 +138,7 @@ class ImageClassification(Task):
 
     def evaluate(self, model: nn.Module, split: str = "valid", max_batches: int | None = None) -> dict[str, float]:
         logits, y, _ = self.predict_split(model, split, max_batches)
-        prefix = "val" if split == "valid" else split
-        return {f"{prefix}_loss": F.cross_entropy(logits, y).item(),
-                f"{prefix}_accuracy": (logits.argmax(-1) == y).float().mean().item()}
+        return self.accuracy_metrics(logits, y, "val" if split == "valid" else split)
 
     def finish(self, model: nn.Module, run_dir: Path) -> dict[str, Any]:
         from .. import viz
@@ -173,7 +178,7 @@ class ImageClassification(Task):
         viz.plot_image_grid(w, [str(i) for i in range(len(w))], plots / "filters.png",
                             f"First-layer filters ({len(w)} of {first.out_channels}, {tuple(w.shape[1:])} kernels; "
                             f"red +, blue -)", cmap="RdBu_r", symmetric=True)
-        device = next(model.parameters()).device
+        device = model_device(model)
         inputs = self.to_input(examples, device)
         if isinstance(model, ConvNet):
             with torch.no_grad():
@@ -205,8 +210,8 @@ class ImageClassification(Task):
 
     def load_assets(self, folder: Path) -> None:
         path = folder / "labels.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: not an image-classification checkpoint")
+        if not path.is_file():
+            raise DataError(f"{path} not found: not an image-classification checkpoint")
         info = json.loads(path.read_text())
         self.classes, self.mean, self.std = info["classes"], info["mean"], info["std"]
         self.size, self.dataset_name = info["image_size"], info["dataset"]
@@ -219,16 +224,24 @@ class ImageClassification(Task):
         for p in paths:
             try:  # at the training images' size, then resized by to_input exactly as they were
                 images[p] = img.load_image_file(p, size=(self.input_size, self.input_size))
-            except img.DataError as e:
+            except DataError as e:
                 errors[p] = str(e)
         if images:
-            device = next(model.parameters()).device
+            device = model_device(model)
             with torch.no_grad():
                 probs = self.eval_logits(model, self.to_input(torch.stack(list(images.values())), device)).softmax(-1).cpu()
             values, idx = probs.topk(min(top, len(self.classes)))
             ranked = {p: [(self.classes[int(i)], float(v)) for v, i in zip(values[n], idx[n])]
                       for n, p in enumerate(images)}
         return [(p, errors[p] if p in errors else ranked[p]) for p in paths]
+
+
+def _only(x: Tensor, y: Tensor, keep: list[int]) -> tuple[Tensor, Tensor]:
+    """The examples of the classes `keep`, relabelled 0..len(keep)-1 in that order."""
+    rows = torch.isin(y, torch.tensor(keep))
+    relabel = torch.full((int(y.max()) + 1,), -1, dtype=y.dtype)
+    relabel[torch.tensor(keep)] = torch.arange(len(keep), dtype=y.dtype)
+    return x[rows], relabel[y[rows]]
 
 
 def attention_rollout(weights: list[Tensor]) -> Tensor:

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from ..config import ConfigError
 from ..data.tokenizer import Tokenizer
-from .base import IGNORE, Task
+from ..models import replace_config
+from .base import IGNORE, Task, epoch_generator, model_device
 
 
 @dataclass
@@ -34,11 +35,24 @@ class LMDataConfig:
     steps_per_epoch: int = 1000  # random blocks have no natural epoch; this many steps make one
     eval_batches: int = 200  # fixed random validation batches per evaluation during training
     eval_batch_size: int = 32
-    mask_prob: float = 0.15  # masked LM only
 
     def validate(self) -> None:
         if not 0 < self.valid_frac < 1:
             raise ConfigError(f"valid_frac must be in (0, 1), got {self.valid_frac}")
+        for key in ("vocab_size", "steps_per_epoch", "eval_batches", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("block_size", "max_chars"):
+            if getattr(self, key) is not None and getattr(self, key) < 2:
+                raise ConfigError(f"{key} must be at least 2, got {getattr(self, key)}")
+
+
+@dataclass
+class MLMDataConfig(LMDataConfig):
+    mask_prob: float = 0.15
+
+    def validate(self) -> None:
+        super().validate()
         if not 0 < self.mask_prob < 1:
             raise ConfigError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
 
@@ -64,9 +78,29 @@ class LanguageModeling(Task):
     DataConfig = LMDataConfig
     unit = "tokens"
     headline = ("val_loss", "val_perplexity", "val_bits_per_char")
+    kinds = ("causal_lm",)
+    derived = ("vocab_size",)
+
+    def __init__(self, run):
+        super().__init__(run)
+        self.splits: dict[str, Tensor] = {}
+        self.chars: dict[str, int] = {}
+        self.block = 0
+        self.sample = ""
+        self.description = ""
+
+    @property
+    def uses_tokenizer(self) -> bool:
+        return True
+
+    @classmethod
+    def check(cls, run) -> None:
+        if run.init_from and run.data.tokenizer != LMDataConfig.tokenizer:
+            raise ConfigError("data.tokenizer: with init_from the pretrained model's own tokenizer is used; "
+                              "leave data.tokenizer out")
 
     # --- data ------------------------------------------------------------------------------------
-    def prepare(self, run_dir: Path | None) -> None:
+    def prepare(self) -> None:
         from ..data.text import corpus_text
 
         d = self.data
@@ -76,51 +110,39 @@ class LanguageModeling(Task):
         train_text, valid_text = split_text(text, d.valid_frac)
         if not train_text or not valid_text:
             raise ConfigError(f"data: corpus {d.corpus!r} is too short to split ({len(text)} characters)")
-        saved = run_dir / "tokenizer.json" if run_dir is not None else None
-        if getattr(self, "tokenizer", None) is None:  # set already when loaded from a checkpoint
-            if saved is not None and saved.exists():  # a resumed run keeps its tokenizer
-                self.tokenizer = Tokenizer.from_file(saved)
-            elif d.tokenizer == "char":
-                self.tokenizer = Tokenizer.train_char([text])
-            else:
-                self.tokenizer = Tokenizer.train_bpe(train_text.splitlines(), d.vocab_size)
-            if saved is not None:
-                self.tokenizer.save(saved)
+        self.fit_tokenizer(lambda: Tokenizer.train_char([text]) if d.tokenizer == "char"
+                           else Tokenizer.train_bpe(train_text.splitlines(), d.vocab_size))
         self.splits = {"train": encode_corpus(self.tokenizer, train_text),
                        "valid": encode_corpus(self.tokenizer, valid_text)}
         self.chars = {"train": len(train_text), "valid": len(valid_text)}
-        self.block = d.block_size or self._model_dict_max_len()
+        self.block = d.block_size or self.run.model.max_seq_len
         for split, tokens in self.splits.items():
             if len(tokens) <= self.block + 1:
                 raise ConfigError(f"data: the {split} split has {len(tokens)} tokens, fewer than one block "
                                   f"of {self.block + 1}")
-        self.description = (f"{d.corpus}: {len(text):,} characters, {d.tokenizer} tokenizer with "
-                            f"{self.tokenizer.vocab_size:,} tokens; train {len(self.splits['train']):,} tokens, "
-                            f"validation {len(self.splits['valid']):,} tokens (the last {d.valid_frac:.0%} by position)")
-
-    def _model_dict_max_len(self) -> int:
-        from ..models.config import resolve_model_dict
-
-        cls, fields = resolve_model_dict(self.run.model)
-        return int(fields.get("max_seq_len", cls.__dataclass_fields__["max_seq_len"].default))
+        self.description = (f"{d.corpus}: {len(text):,} characters, {self.tokenizer!r}; train "
+                            f"{len(self.splits['train']):,} tokens, validation {len(self.splits['valid']):,} tokens "
+                            f"(the last {d.valid_frac:.0%} by position)")
 
     def model_config(self):
-        from ..models.config import model_config
+        """A block longer than the model's context widens it (a pretrained model's cannot be widened)."""
+        cfg = super().model_config()
+        if self.block > cfg.max_seq_len:
+            if self.run.init_from:
+                raise ConfigError(f"data.block_size={self.block} exceeds the pretrained model's max_seq_len="
+                                  f"{cfg.max_seq_len}")
+            cfg = replace_config(cfg, max_seq_len=self.block)
+        return cfg
 
-        cfg = dict(self.run.model)
-        if getattr(self, "tokenizer", None) is not None:
-            cfg["vocab_size"] = self.tokenizer.vocab_size
-        block = getattr(self, "block", None)
-        if block is not None and block > self._model_dict_max_len():
-            cfg["max_seq_len"] = block
-        return model_config(cfg)
+    def head_prefixes(self) -> tuple[str, ...]:
+        return ("lm_head.",)
 
     def validation_tokens(self) -> Tensor:
         return self.splits["valid"]
 
     def epoch_plan(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
         """steps_per_epoch batches of random block offsets, a pure function of (seed, epoch)."""
-        g = torch.Generator().manual_seed(seed * 10_007 + epoch)
+        g = epoch_generator(seed, epoch)
         high = len(self.splits["train"]) - self.block - 1
         return torch.randint(0, high, (self.data.steps_per_epoch, batch_size), generator=g).tolist()
 
@@ -151,20 +173,8 @@ class LanguageModeling(Task):
             out.append({"inputs": w[:, :-1], "targets": w[:, 1:]})
         return out
 
-    def _loss_over(self, model: nn.Module, batches: list[dict[str, Tensor]]) -> float:
-        device = next(model.parameters()).device
-        total, n = 0.0, 0
-        for b in batches:
-            b = {k: v.to(device) for k, v in b.items()}
-            logits = self.forward(model, b)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(), reduction="sum",
-                                     ignore_index=IGNORE).item()
-            n += self.count(b)
-        return total / n
-
     def evaluate(self, model: nn.Module, split: str = "valid", max_batches: int | None = None) -> dict[str, float]:
-        loss = self._loss_over(model, self.eval_batches(split, max_batches))
-        return {"val_loss": loss}
+        return {"val_loss": self.mean_loss(model, self.eval_batches(split, max_batches))}
 
     def full_split_loss(self, model: nn.Module, split: str = "valid") -> float:
         """Mean loss over the whole split in non-overlapping blocks (every token predicted once)."""
@@ -175,7 +185,7 @@ class LanguageModeling(Task):
         for i in range(0, n, self.data.eval_batch_size):
             w = self.blocks(split, offsets[i:i + self.data.eval_batch_size])
             batches.append({"inputs": w[:, :-1], "targets": w[:, 1:]})
-        return self._loss_over(model, batches)
+        return self.mean_loss(model, batches)
 
     def finish(self, model: nn.Module, run_dir: Path) -> dict[str, Any]:
         loss = self.full_split_loss(model, "valid")
@@ -196,23 +206,20 @@ class LanguageModeling(Task):
         return self.tokenizer.decode(out[0].tolist())
 
     def report(self, run_dir: Path, metrics: dict[str, Any]) -> str:
-        sample = getattr(self, "sample", "")
         return "\n".join(["## Data", "", self.description, "", "## A sample (temperature 0.8, 300 tokens)", "",
-                          "```", sample, "```"])
-
-    # --- checkpoints and inference ---------------------------------------------------------------
-    def save_assets(self, folder: Path) -> None:
-        self.tokenizer.save(folder / "tokenizer.json")
-
-    def load_assets(self, folder: Path) -> None:
-        self.tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
+                          "```", self.sample, "```"])
 
 
 class MaskedLanguageModeling(LanguageModeling):
     """BERT's masked LM: 15% of positions are predicted; of those 80% show <mask>, 10% a random
     token, 10% the original."""
     name = "masked_lm"
+    DataConfig = MLMDataConfig
     headline = ("val_loss", "val_masked_accuracy")
+    kinds = ("masked_lm",)
+
+    def head_prefixes(self) -> tuple[str, ...]:
+        return ("mlm_head.",)
 
     def mask(self, tokens: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         tok = self.tokenizer
@@ -241,7 +248,7 @@ class MaskedLanguageModeling(LanguageModeling):
         return [self.mask(b["inputs"], g) for b in super().eval_batches(split, max_batches)]
 
     def evaluate(self, model: nn.Module, split: str = "valid", max_batches: int | None = None) -> dict[str, float]:
-        device = next(model.parameters()).device
+        device = model_device(model)
         total, correct, n = 0.0, 0, 0
         for b in self.eval_batches(split, max_batches):
             b = {k: v.to(device) for k, v in b.items()}
@@ -258,41 +265,3 @@ class MaskedLanguageModeling(LanguageModeling):
 
     def report(self, run_dir: Path, metrics: dict[str, Any]) -> str:
         return "\n".join(["## Data", "", self.description])
-
-
-# --- `archlab generate` ---------------------------------------------------------------------------
-
-def cli_generate(args) -> None:
-    from ..generate import generate
-    from ..runs import load_run
-
-    task, model, folder = load_run(args.run)
-    if not isinstance(task, LanguageModeling) or isinstance(task, MaskedLanguageModeling):
-        raise ValueError(f"{args.run} is a {task.name} run; generate needs a causal language model (GPT) run")
-    tok = task.tokenizer
-    prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.encode("\n")[0] if tok.encode("\n") else 0]
-    limit = model.config.max_seq_len
-    if len(prompt_ids) >= limit:
-        print(f"note: the prompt has {len(prompt_ids)} tokens; the model sees the last {limit - 1} "
-              f"(its context is {limit})", file=sys.stderr)
-    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
-    for sample in range(args.num_samples):
-        if args.num_samples > 1:
-            print(f"--- sample {sample + 1} ---")
-        print(args.prompt, end="", flush=True)
-        shown = ""
-        ids_so_far: list[int] = []
-
-        def stream(token: int) -> None:
-            nonlocal shown
-            ids_so_far.append(token)
-            text = tok.decode(ids_so_far)  # whole-sequence decode: byte-level pieces may complete later
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-
-        t0 = time.perf_counter()
-        out = generate(model, torch.tensor([prompt_ids]), args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, generator=generator, eos_id=tok.eos_id, on_token=stream,
-                       compile=getattr(args, "compile", False))
-        n = out.size(1) - len(prompt_ids)
-        print(f"\n[{n} tokens in {time.perf_counter() - t0:.2f} s]", file=sys.stderr)

@@ -20,14 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ConfigError
-from ..data.text import DataError, load_fortunes_split, read_labelled
+from ..data.text import load_fortunes_split, read_labelled
 from ..data.tokenizer import Tokenizer
-from .base import Task
-
-FRESH_HEADS = ("classifier.", "score.")  # a new task's head is never taken from a checkpoint
-PRETRAINING_HEADS = ("mlm_head.", "lm_head.")  # in a pretrained checkpoint, unused by a classifier
-CLASSIFIER_FAMILY = {"gpt": "gpt_classifier", "gpt_classifier": "gpt_classifier", "bert": "bert"}
+from ..errors import ConfigError, DataError
+from ..models import get_family
+from .base import ClassificationTask, epoch_generator, model_device
 
 
 @dataclass
@@ -106,85 +103,51 @@ def padded_batch(ids: Tensor, lengths: Tensor, device: torch.device) -> dict[str
     return {"ids": ids[:, :T].to(device), "pad": pad.to(device)}
 
 
-# --- initialisation from a pretrained model ------------------------------------------------------
-
-def init_source(init_from: str) -> tuple[str, Path]:
-    """("hf", folder) for "minilm" or a Hugging Face folder; ("ours", checkpoint folder) for our runs."""
-    from ..models.hf import minilm_path
-    from ..train.checkpoint import resolve_checkpoint
-
-    if init_from == "minilm":
-        return "hf", minilm_path()
-    path = Path(init_from)
-    config = path / "config.json"
-    if config.is_file() and "model_type" in json.loads(config.read_text()):
-        return "hf", path
-    return "ours", resolve_checkpoint(path)
-
-
-def pretrained_config(kind: str, folder: Path) -> dict[str, Any]:
-    """The pretrained model's config as a mapping (family + fields), turned into a classifier's family."""
-    from ..models.config import config_to_dict
-    from ..models.hf import config_from_hf
-    from ..train.checkpoint import read_config_json
-
-    if kind == "hf":
-        cfg = config_to_dict(config_from_hf(json.loads((folder / "config.json").read_text())))
-    else:
-        cfg = {k: v for k, v in read_config_json(folder).items() if k not in ("task", "task_info")}
-    family = CLASSIFIER_FAMILY.get(cfg.get("family"))
-    if family is None:
-        raise ConfigError(f"init_from {folder}: a {cfg.get('family')!r} model; text classification starts from a "
-                          f"GPT or BERT")
-    return {**cfg, "family": family}
-
-
-def pretrained_state(kind: str, folder: Path) -> dict[str, Tensor]:
-    """Every weight of the pretrained model under our names (tied weights under each of their names)."""
-    from ..models import build_model
-    from ..models.hf import config_from_hf, read_hf_folder, state_from_hf
-    from ..train import checkpoint as ckpt
-
-    if kind == "hf":
-        hf_config, state = read_hf_folder(folder)
-        return state_from_hf(config_from_hf(hf_config), state)
-    # safetensors stores a tied tensor under one name only: the source model puts it back under all
-    source = build_model(ckpt.read_model_config(folder))
-    ckpt.load_weights(source, folder)
-    return source.state_dict()
-
-
-def load_pretrained(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
-    """Copy the pretrained body into `model`; the new head stays freshly initialised."""
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(FRESH_HEADS)}
-    unexpected = [k for k in state if k not in own and not k.startswith(PRETRAINING_HEADS)]
-    wrong = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items()
-             if k in own and v.shape != own[k].shape]
-    if unexpected or wrong:
-        raise ConfigError(f"init_from {where} does not fit the model: " + "; ".join(
-            ([f"weights with no place in it: {unexpected[:4]}"] if unexpected else []) +
-            ([f"shapes differ: {wrong[:4]}"] if wrong else [])))
-    state = {k: v for k, v in state.items() if k in own}
-    model.load_state_dict(state, strict=False)
-    loaded = {own[k].data_ptr() for k in state}  # a tied weight is loaded under any of its names
-    missing = [k for k in own if k not in state and own[k].data_ptr() not in loaded
-               and not k.startswith(FRESH_HEADS + ("pooler.",))]  # BERT's pooler: pretrained when there is one
-    if missing:
-        raise ConfigError(f"init_from {where}: weights missing from the checkpoint: {missing[:5]}")
-
-
 # --- the task --------------------------------------------------------------------------------------
 
-class TextClassification(Task):
+class TextClassification(ClassificationTask):
     name = "text_classification"
     DataConfig = TextDataConfig
     headline = ("test_accuracy", "test_macro_f1", "val_accuracy")
+    kinds = ("sequence_classifier",)
+    derived = ("vocab_size", "pad_id", "n_classes")
 
-    def prepare(self, run_dir: Path | None) -> None:
+    def __init__(self, run):
+        super().__init__(run)
+        self.texts: dict[str, list[str]] = {}
+        self.labels: dict[str, Tensor] = {}
+        self.ids: dict[str, Tensor] = {}
+        self.lengths: dict[str, Tensor] = {}
+        self.majority = 0
+        self.examples: list[tuple[str, str, str, float]] = []
+        self.description = ""
+
+    @property
+    def uses_tokenizer(self) -> bool:
+        return True
+
+    @classmethod
+    def model_family(cls, family: str, section: str = "model") -> str:
+        """A GPT body classifies through its classifier family (gpt_classifier); BERT through its own head."""
+        classifier = get_family(family, section).classifier
+        if classifier is None:
+            raise ConfigError(f"{section}: text classification needs a model with a sequence-classification head "
+                              f"(gpt, bert), not {family!r}")
+        return classifier
+
+    @classmethod
+    def check(cls, run) -> None:
+        d = run.data
+        if run.init_from is not None and d.tokenizer != TextDataConfig.tokenizer:
+            raise ConfigError(f"data.tokenizer={d.tokenizer!r}: with init_from the pretrained model's own "
+                              f"tokenizer is used; leave data.tokenizer out")
+        if d.max_len > run.model.max_seq_len:
+            raise ConfigError(f"data.max_len={d.max_len} exceeds the model's max_seq_len={run.model.max_seq_len}")
+
+    def prepare(self) -> None:
         d = self.data
         splits = load_splits(d)
-        if getattr(self, "classes", None) is None:  # set already when loaded from a checkpoint
+        if self.classes is None:  # set already when loaded from a checkpoint
             self.classes = sorted({label for _, label in splits["train"]})
         if len(self.classes) < 2:
             raise DataError(f"{d.dataset}: the training split has {len(self.classes)} label(s); classification needs 2+")
@@ -194,11 +157,9 @@ class TextClassification(Task):
             if unknown:
                 raise DataError(f"{d.dataset}: the {split} split has label(s) {unknown[:5]} that the model does not "
                                 f"know (its classes come from the training split: {', '.join(self.classes)})")
-        if getattr(self, "tokenizer", None) is None:
-            self.tokenizer = self._make_tokenizer(run_dir, [t for t, _ in splits["train"]])
+        self.fit_tokenizer(lambda: self._new_tokenizer([t for t, _ in splits["train"]]))
         self.texts = {s: [t for t, _ in rows] for s, rows in splits.items()}
         self.labels = {s: torch.tensor([index[label] for _, label in rows]) for s, rows in splits.items()}
-        self.ids, self.lengths = {}, {}
         for s, texts in self.texts.items():
             self.ids[s], self.lengths[s] = encode_texts(self.tokenizer, texts, d.max_len)
         counts = torch.bincount(self.labels["train"], minlength=len(self.classes))
@@ -210,72 +171,36 @@ class TextClassification(Task):
             f"{len(self.texts['test']):,} test texts, {len(self.classes)} classes. Tokenizer {self.tokenizer!r}; "
             f"median {int(self.lengths['train'].median())} tokens, {cut:.0%} of training texts cut to {d.max_len}.")
 
-    def _make_tokenizer(self, run_dir: Path | None, train_texts: list[str]) -> Tokenizer:
+    def _new_tokenizer(self, train_texts: list[str]) -> Tokenizer:
         d = self.data
-        if self.run.init_from is not None:
-            if d.tokenizer != TextDataConfig.tokenizer:
-                raise ConfigError(f"data.tokenizer={d.tokenizer!r}: with init_from the pretrained model's own "
-                                  f"tokenizer is used; leave data.tokenizer out")
-            _, folder = init_source(self.run.init_from)
-            if not (folder / "tokenizer.json").is_file():
-                raise DataError(f"init_from {self.run.init_from}: no tokenizer.json in {folder}; the model's own "
-                                f"tokenizer is needed")
-            return Tokenizer.from_file(folder / "tokenizer.json")
-        saved = run_dir / "tokenizer.json" if run_dir is not None else None
-        if saved is not None and saved.exists():  # a resumed run keeps its tokenizer
-            return Tokenizer.from_file(saved)
         if d.tokenizer == "bpe":
-            tok = Tokenizer.train_bpe(train_texts, d.vocab_size)
-        elif d.tokenizer == "char":
-            tok = Tokenizer.train_char(train_texts)
-        else:
-            tok = Tokenizer.from_file(d.tokenizer)
-        if saved is not None:
-            tok.save(saved)
-        return tok
+            return Tokenizer.train_bpe(train_texts, d.vocab_size)
+        if d.tokenizer == "char":
+            return Tokenizer.train_char(train_texts)
+        return Tokenizer.from_file(d.tokenizer)
 
     # --- model -------------------------------------------------------------------------------------
-    def model_config(self):
-        from ..models.config import model_config, resolve_model_dict
+    def data_fields(self) -> dict[str, Any]:
+        fields = super().data_fields()
+        fields["pad_id"] = self.tokenizer.pad_id or 0
+        return fields
 
-        if self.run.init_from is None:
-            cls, fields = resolve_model_dict(self.run.model)
-            family = CLASSIFIER_FAMILY.get(cls.family)
-            if family is None:
-                raise ConfigError(f"model: text classification needs a GPT or BERT model, not {cls.family!r}")
-            fields["vocab_size"] = self.tokenizer.vocab_size
-            if family == "bert":
-                fields["pad_id"] = self.tokenizer.pad_id or 0
-        else:
-            if {"preset", "family"} & self.run.model.keys():
-                raise ConfigError(f"model: with init_from the architecture is the pretrained model's; the model "
-                                  f"section may only override fields such as dropout, got {sorted(self.run.model)}")
-            fields = {**pretrained_config(*init_source(self.run.init_from)), **self.run.model}
-            family = fields.pop("family")
-        cfg = model_config({**fields, "family": family, "n_classes": len(self.classes)})
+    def model_config(self):
+        cfg = super().model_config()
         if self.tokenizer.vocab_size > cfg.vocab_size:
             raise ConfigError(f"the tokenizer has {self.tokenizer.vocab_size} tokens, the model's vocabulary "
                               f"{cfg.vocab_size}")
-        if self.data.max_len > cfg.max_seq_len:
-            raise ConfigError(f"data.max_len={self.data.max_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
         return cfg
 
-    def build_model(self) -> nn.Module:
-        from ..models import build_model
+    def head_prefixes(self) -> tuple[str, ...]:
+        return ("score.",) if self.run.model.family == "gpt_classifier" else ("pooler.", "classifier.")
 
-        model = build_model(self.model_config())
-        self.family = model.config.family
-        if self.run.init_from is not None:
-            load_pretrained(model, pretrained_state(*init_source(self.run.init_from)), self.run.init_from)
-        return model
-
-    def head_parameter_prefixes(self) -> tuple[str, ...]:
-        return ("score.",) if getattr(self, "family", None) == "gpt_classifier" else ("pooler.", "classifier.")
+    def classifier_prefix(self, model_cfg) -> str:
+        return "score." if model_cfg.family == "gpt_classifier" else "classifier."
 
     # --- training ------------------------------------------------------------------------------------
     def epoch_plan(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(seed * 10_007 + epoch)
-        return length_grouped_batches(self.lengths["train"], batch_size, g)
+        return length_grouped_batches(self.lengths["train"], batch_size, epoch_generator(seed, epoch))
 
     def collate(self, refs: list[int], generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
         idx = torch.tensor(refs)
@@ -288,7 +213,7 @@ class TextClassification(Task):
     # --- evaluation ----------------------------------------------------------------------------------
     def split_logits(self, model: nn.Module, split: str, max_batches: int | None = None) -> tuple[Tensor, Tensor]:
         """(logits (N, classes), labels (N,)) over a split (its first max_batches batches), in the split's order."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         bs = self.data.eval_batch_size
         lengths = self.lengths[split]
         n = len(lengths) if max_batches is None else min(len(lengths), max_batches * bs)
@@ -300,9 +225,7 @@ class TextClassification(Task):
 
     def evaluate(self, model: nn.Module, split: str = "valid", max_batches: int | None = None) -> dict[str, float]:
         logits, y = self.split_logits(model, split, max_batches)
-        prefix = "val" if split == "valid" else split
-        return {f"{prefix}_loss": F.cross_entropy(logits, y).item(),
-                f"{prefix}_accuracy": (logits.argmax(-1) == y).float().mean().item()}
+        return self.accuracy_metrics(logits, y, "val" if split == "valid" else split)
 
     def finish(self, model: nn.Module, run_dir: Path) -> dict[str, Any]:
         from sklearn.metrics import confusion_matrix, f1_score
@@ -339,7 +262,7 @@ class TextClassification(Task):
                 "", "## Per-class test accuracy", "", "| class | accuracy |", "|---|---|"]
         rows += [f"| {c} | {a:.3f} |" for c, a in metrics.get("per_class_accuracy", {}).items()]
         rows += ["", "## The first test texts", "", "| text | true | predicted (probability) |", "|---|---|---|"]
-        for text, true, pred, p in getattr(self, "examples", []):
+        for text, true, pred, p in self.examples:
             short = " ".join(text.split())
             short = (short[:90] + "…" if len(short) > 90 else short).replace("|", "\\|")
             rows.append(f"| {short} | {true} | {pred} ({p:.0%}) |")
@@ -347,7 +270,7 @@ class TextClassification(Task):
 
     # --- checkpoints and inference -------------------------------------------------------------------
     def save_assets(self, folder: Path) -> None:
-        self.tokenizer.save(folder / "tokenizer.json")
+        super().save_assets(folder)
         (folder / "labels.json").write_text(json.dumps(
             {"classes": self.classes, "max_len": self.data.max_len, "init_from": self.run.init_from}, indent=2))
         if self.run.finetune.mode == "lora":  # adapters + head alone: with the base model, the whole classifier
@@ -357,56 +280,22 @@ class TextClassification(Task):
 
             lora = self.run.finetune.lora
             save_adapters(folder / "adapters.safetensors", load_file(folder / "model.safetensors"), lora.targets,
-                          lora.rank, lora.alpha, self.head_parameter_prefixes())
+                          lora.rank, lora.alpha, self.head_prefixes())
 
     def load_assets(self, folder: Path) -> None:
+        super().load_assets(folder)
         path = Path(folder) / "labels.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: not a text-classification checkpoint")
-        info = json.loads(path.read_text())
+        if not path.is_file():
+            raise DataError(f"{path} not found: not a text-classification checkpoint")
+        info = json.loads(path.read_text(encoding="utf-8"))
         self.classes = info["classes"]
         self.data.max_len = info["max_len"]
-        self.tokenizer = Tokenizer.from_file(Path(folder) / "tokenizer.json")
-        self.family = json.loads((Path(folder) / "config.json").read_text()).get("family")
 
     def predict(self, model: nn.Module, texts: list[str], top: int = 3) -> list[list[tuple[str, float]]]:
         """[(class, probability), ...] best first, for each text."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         ids, lengths = encode_texts(self.tokenizer, texts, self.data.max_len)
         with torch.no_grad():
             probs = self.forward(model, padded_batch(ids, lengths, device)).float().softmax(-1).cpu()
         values, idx = probs.topk(min(top, len(self.classes)), dim=-1)
         return [[(self.classes[int(i)], float(v)) for v, i in zip(vs, ix)] for vs, ix in zip(values, idx)]
-
-
-def export_hf(run: str | Path, out: str | Path) -> Path:
-    """A BERT text-classification run as a Hugging Face BertForSequenceClassification folder
-    (LoRA adapters folded in), with its tokenizer.json."""
-    from ..models.hf import save_hf_folder
-    from ..nn.lora import merge_lora
-    from ..runs import load_run
-
-    task, model, _ = load_run(run)
-    if not isinstance(task, TextClassification):
-        raise ValueError(f"{run} is a {task.name} run, not a text-classification one")
-    folder = save_hf_folder(merge_lora(model), out, labels=task.classes)
-    task.tokenizer.save(folder / "tokenizer.json")
-    return folder
-
-
-# --- `archlab classify` ----------------------------------------------------------------------------
-
-def cli_classify(args) -> None:
-    from ..runs import load_run
-
-    task, model, _ = load_run(args.run)
-    if not isinstance(task, TextClassification):
-        raise ValueError(f"{args.run} is a {task.name} run; classify needs a text-classification run")
-    if args.top < 1:
-        raise ValueError(f"--top must be at least 1, got {args.top}")
-    width = max(len(c) for c in task.classes)
-    for text, top in zip(args.text, task.predict(model, args.text, args.top)):
-        short = " ".join(text.split())
-        print(short[:100] + ("…" if len(short) > 100 else ""))
-        for c, p in top:
-            print(f"  {c:<{width}}  {p:6.1%}  {'█' * round(p * 30)}")

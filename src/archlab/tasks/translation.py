@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from ..config import ConfigError
-from ..data.text import DataError, read_parallel
+from ..data.text import read_parallel
 from ..data.tokenizer import Tokenizer
+from ..errors import ConfigError, DataError
 from ..search import beam_search, greedy_search, length_limits
-from .base import IGNORE, Task
+from .base import IGNORE, Task, epoch_generator, model_device
 
 SPLITS = ("train", "valid", "test")
 
@@ -96,10 +96,33 @@ class Translation(Task):
     DataConfig = TranslationDataConfig
     unit = "tokens"
     headline = ("test_bleu", "test_chrf", "test_bleu_greedy", "val_bleu")
-    tokenizer: Tokenizer | None = None
+    kinds = ("seq2seq",)
+    derived = ("vocab_size", "pad_id")
+    unused_train_keys = {"batch_size": "batches hold up to data.max_tokens padded tokens"}
+
+    def __init__(self, run):
+        super().__init__(run)
+        self.text: dict[str, list[tuple[str, str]]] = {}
+        self.examples: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
+        self.stats: dict[str, Any] = {}
+        self.test_picks: list[int] = []
+        self.samples: list[tuple[str, str, str, str]] = []
+        self.max_len = run.data.max_len or run.model.max_seq_len
+        self.eval_cap: int | None = run.data.eval_sentences
+        self.source = self.description = ""
+
+    @property
+    def uses_tokenizer(self) -> bool:
+        return True
+
+    @classmethod
+    def check(cls, run) -> None:
+        if run.init_from and run.data.vocab_size != TranslationDataConfig.vocab_size:
+            raise ConfigError("data.vocab_size: with init_from the pretrained model's own tokenizer is used; "
+                              "leave data.vocab_size out")
 
     # --- data ------------------------------------------------------------------------------------
-    def prepare(self, run_dir: Path | None) -> None:
+    def prepare(self) -> None:
         d = self.data
         folder = Path(d.files) if d.files else prepared_bible(d)
         self.source = (f"your files in {folder}" if d.files else
@@ -116,8 +139,8 @@ class Translation(Task):
             self.text["test"] = [self.text["test"][i] for i in self.test_picks]
         stats = folder / "stats.json"
         self.stats = json.loads(stats.read_text(encoding="utf-8")) if stats.exists() else {}
-        self._tokenizer(run_dir)
-        self.max_len = d.max_len or self._model_max_len()
+        self.fit_tokenizer(lambda: Tokenizer.train_bpe([t for pair in self.text["train"] for t in pair],
+                                                       self.data.vocab_size))
         self.examples = {s: self._encode(s) for s in SPLITS}
         # training pairs too long for the model are left out; held-out ones are truncated (loss only)
         src, tgt = self.examples["train"]
@@ -126,29 +149,10 @@ class Translation(Task):
         self.examples["train"] = ([src[i] for i in fits], [tgt[i] for i in fits])
         if not fits:
             raise ConfigError(f"data: no training pair fits in max_len={self.max_len} tokens")
-        self.eval_cap = d.eval_sentences if run_dir is not None else None  # `archlab eval` scores all
         self.description = (
             f"{self.source}: {len(fits):,} training pairs ({self.too_long} longer than {self.max_len} tokens left "
             f"out), {len(self.text['valid']):,} validation, {len(self.text['test']):,} test pairs; joint byte-level "
             f"BPE of {self.tokenizer.vocab_size:,} tokens")
-
-    def _tokenizer(self, run_dir: Path | None) -> None:
-        """Checkpoint's tokenizer (loaded before prepare), else the run folder's (resume), else a new one."""
-        saved = run_dir / "tokenizer.json" if run_dir is not None else None
-        if self.tokenizer is None:
-            if saved is not None and saved.exists():
-                self.tokenizer = Tokenizer.from_file(saved)
-            else:
-                texts = [t for pair in self.text["train"] for t in pair]
-                self.tokenizer = Tokenizer.train_bpe(texts, self.data.vocab_size)
-        if saved is not None:
-            self.tokenizer.save(saved)
-
-    def _model_max_len(self) -> int:
-        from ..models.config import resolve_model_dict
-
-        cls, fields = resolve_model_dict(self.run.model)
-        return int(fields.get("max_seq_len", cls.__dataclass_fields__["max_seq_len"].default))
 
     def _encode(self, split: str) -> tuple[list[Tensor], list[Tensor]]:
         """Sources as `ids <eos>`, targets as `<bos> ids <eos>`; held-out pairs cut to the model's length."""
@@ -160,15 +164,6 @@ class Translation(Task):
         src = [torch.tensor((s[:L - 1] if cut else s) + [tok.eos_id]) for s in src]
         tgt = [torch.tensor([tok.bos_id] + (t[:L - 1] if cut else t) + [tok.eos_id]) for t in tgt]
         return src, tgt
-
-    def model_config(self):
-        from ..models.config import model_config
-
-        cfg = dict(self.run.model)
-        if self.tokenizer is not None:
-            cfg["vocab_size"] = self.tokenizer.vocab_size
-            cfg["pad_id"] = self.tokenizer.pad_id
-        return model_config(cfg)
 
     def token_batches(self, split: str, max_tokens: int, generator: torch.Generator | None = None) -> list[list[int]]:
         """Indices grouped by length so that sentences x longest side <= max_tokens; shuffled with a generator."""
@@ -193,7 +188,7 @@ class Translation(Task):
         return batches
 
     def epoch_plan(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
-        return self.token_batches("train", self.data.max_tokens, torch.Generator().manual_seed(seed * 10_007 + epoch))
+        return self.token_batches("train", self.data.max_tokens, epoch_generator(seed, epoch))
 
     def batch(self, split: str, refs: list[int], device: torch.device) -> dict[str, Tensor]:
         src, tgt = self.examples[split]
@@ -214,7 +209,7 @@ class Translation(Task):
                    max_len_ratio: float | None = None, batch_size: int | None = None) -> list[list[int]]:
         """Token ids (each ending in <eos>) -> output token ids, in order; batches of similar length."""
         d = self.data
-        device = next(model.parameters()).device
+        device = model_device(model)
         pad = self.tokenizer.pad_id
         cap = model.config.max_seq_len - 1  # the decoder also sees <bos>
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
@@ -259,15 +254,9 @@ class Translation(Task):
     # --- evaluation ------------------------------------------------------------------------------
     def loss_over(self, model: nn.Module, split: str, max_batches: int | None = None) -> float:
         """Mean token cross-entropy with teacher forcing (no label smoothing)."""
-        device = next(model.parameters()).device
-        total, count = 0.0, 0
-        for refs in self.token_batches(split, self.data.max_tokens)[:max_batches]:
-            b = self.batch(split, refs, device)
-            logits = self.forward(model, b)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), b["targets"].flatten(), reduction="sum",
-                                     ignore_index=IGNORE).item()
-            count += self.count(b)
-        return total / max(count, 1)
+        device = model_device(model)
+        return self.mean_loss(model, (self.batch(split, refs, device)
+                                      for refs in self.token_batches(split, self.data.max_tokens)[:max_batches]))
 
     def score(self, model: nn.Module, split: str, beam: int = 1, limit: int | None = None) -> tuple[float, float, list[str]]:
         """(BLEU, chrF, hypotheses) on the split, or on `limit` sentences spread evenly over it."""
@@ -325,7 +314,7 @@ class Translation(Task):
 
         src_all, _ = self.examples["test"]
         i = next((j for j, s in enumerate(src_all) if 12 <= len(s) <= 24), 0)
-        device = next(model.parameters()).device
+        device = model_device(model)
         src = src_all[i][None].to(device)
         out = self.decode_ids(model, [src_all[i]], beam=self.data.beam)[0]
         tgt_in = torch.tensor([[self.tokenizer.bos_id] + out], device=device)
@@ -355,47 +344,5 @@ class Translation(Task):
                   f"{metrics.get('test_bleu_greedy', 0):.2f}. All test translations: `test_translations.jsonl`.", "",
                   "| verse | source | reference | ours (beam) |", "|---|---|---|---|"]
         cell = lambda s: s.replace("|", "\\|")  # noqa: E731
-        lines += [f"| {r} | {cell(s)} | {cell(t)} | {cell(h)} |" for r, s, t, h in getattr(self, "samples", [])]
+        lines += [f"| {r} | {cell(s)} | {cell(t)} | {cell(h)} |" for r, s, t, h in self.samples]
         return "\n".join(lines)
-
-    # --- inference -------------------------------------------------------------------------------
-    def save_assets(self, folder: Path) -> None:
-        self.tokenizer.save(folder / "tokenizer.json")
-
-    def load_assets(self, folder: Path) -> None:
-        path = folder / "tokenizer.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: not a translation checkpoint")
-        self.tokenizer = Tokenizer.from_file(path)
-
-
-def cli_translate(args) -> None:
-    """`archlab translate RUN [TEXT ...] [--input FILE --output FILE] [--beam N]`."""
-    from ..runs import load_run
-
-    if args.beam < 1 or args.batch_size < 1:
-        raise ValueError(f"--beam and --batch-size must be at least 1, got {args.beam} and {args.batch_size}")
-    if args.max_len_ratio <= 0:
-        raise ValueError(f"--max-len-ratio must be positive, got {args.max_len_ratio}")
-    if bool(args.text) == bool(args.input):
-        raise ValueError("give the sentences to translate as arguments or as --input FILE (one per line), not both")
-    if args.input:
-        path = Path(args.input)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        try:
-            lines = path.read_text(encoding="utf-8-sig").split("\n")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 ({e.reason}); re-save it as UTF-8") from None
-        if lines and lines[-1] == "":  # the file's final newline ends the last line, it is not a line
-            lines.pop()
-    else:
-        lines = list(args.text)
-    task, model, _ = load_run(args.run)
-    if task.name != "translation":
-        raise ValueError(f"{args.run} is a {task.name} run; translate works on translation runs")
-    out = task.translate(model, lines, args.beam, args.length_penalty, args.max_len_ratio, args.batch_size)
-    if args.output:
-        Path(args.output).write_text("".join(t + "\n" for t in out), encoding="utf-8")
-    else:
-        print("\n".join(out))

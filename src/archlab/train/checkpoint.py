@@ -54,55 +54,6 @@ def load_weights(model: nn.Module, folder: Path, strict: bool = True) -> None:
                               f"unexpected {sorted(unexpected)[:5]}")
 
 
-def read_config_json(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / CONFIG_FILE
-    if not path.exists():
-        raise CheckpointError(f"{path} not found: not a checkpoint folder")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is corrupt: {e}") from None
-
-
-def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """A checkpoint folder from a run folder (its best, else last) or a checkpoint folder itself."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path} not found")
-    if (path / CONFIG_FILE).exists() and (path / MODEL_FILE).exists():
-        return path
-    root = path / "checkpoints"
-    if root.is_dir():
-        order = [prefer, "last"] if prefer != "last" else ["last"]
-        for name in order:
-            if (root / name / MODEL_FILE).exists():
-                return root / name
-        steps = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        if steps:
-            return steps[-1]
-    raise CheckpointError(f"{path} holds no checkpoint (looked for {path}/{MODEL_FILE} and {root}/{{best,last,step-N}})")
-
-
-def read_model_config(path: str | Path):
-    """The model config of a checkpoint or run folder, or of a YAML recipe's model section."""
-    from ..models.config import model_config
-
-    path = Path(path)
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(path.read_text())
-        if not isinstance(data, dict) or "model" not in data:
-            raise CheckpointError(f"{path} has no 'model' section")
-        if data.get("init_from") and not {"preset", "family"} & set(data["model"] or {}):
-            raise CheckpointError(f"{path}: the architecture comes from init_from: {data['init_from']}; "
-                                  f"give that checkpoint (or the trained run) instead")
-        return model_config(data["model"])
-    cfg = read_config_json(resolve_checkpoint(path))
-    fields = {k: v for k, v in cfg.items() if k not in ("task", "task_info")}
-    return model_config(fields)
-
-
 # --- trainer state ------------------------------------------------------------------------------
 
 def rng_state() -> dict[str, Any]:
@@ -179,16 +130,23 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, model_config: dict,
         keep = root / f"step-{int(old_step):07d}"
     commit_folder(tmp, final, keep)
     if name == "last":
-        olds = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        olds = step_folders(root)[::-1]
         for old in olds[: max(0, len(olds) - (keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def step_folders(root: Path) -> list[Path]:
+    """The `step-N` folders, newest first."""
+    return sorted((p for p in root.glob("step-*") if p.name[5:].isdigit()), key=lambda p: -int(p.name[5:]))
+
+
+def resumable_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints with trainer state, newest first (`last`, then the kept `step-N`)."""
+    return [c for c in [root / "last", *step_folders(root)]
+            if (c / STATE_DIR / "state.pt").is_file() and (c / MODEL_FILE).is_file()]
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint with trainer state (`last`, or a `step-N` if a save was cut short)."""
-    candidates = [root / "last"] + sorted(root.glob("step-*"), key=lambda p: -int(p.name.split("-")[1]))
-    for c in candidates:
-        if (c / STATE_DIR / "state.pt").exists() and (c / MODEL_FILE).exists():
-            return c
-    return None
+    candidates = resumable_checkpoints(root)
+    return candidates[0] if candidates else None

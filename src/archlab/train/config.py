@@ -1,13 +1,11 @@
-"""A run's config: task, model, data, training, (optional) fine-tuning. Loaded from YAML, strictly."""
+"""The engine's own config: optimizer, schedule, length, precision, checkpoints, devices (a recipe's `train:`
+section). The whole recipe (task, model, data, fine-tuning) is read by archlab.tasks.run."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-
-from ..config import ConfigError, from_dict, parse_override, set_path, to_dict
+from ..errors import ConfigError
 
 
 @dataclass
@@ -60,64 +58,3 @@ class TrainConfig:
             raise ConfigError(f"betas must be two numbers, got {self.betas}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
-@dataclass
-class LoRAConfig:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["qkv_proj", "out_proj"])  # Linear names to adapt
-
-
-@dataclass
-class FinetuneConfig:
-    mode: Literal["full", "frozen", "lora"] = "full"
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-
-
-@dataclass
-class RunConfig:
-    task: str
-    model: dict[str, Any]
-    train: TrainConfig
-    data: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    init_from: str | None = None  # a run, checkpoint or Hugging Face folder, or "minilm" (all-MiniLM-L6-v2)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-
-def load_run_config(source: str | Path | dict, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML recipe (or a mapping), apply `--set key=value` overrides, validate."""
-    if isinstance(source, dict):
-        data, where = dict(source), "config"
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"config file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        where = str(path)
-    for text in overrides:
-        key_path, value = parse_override(text)
-        set_path(data, key_path, value)
-    try:
-        cfg = from_dict(RunConfig, data, "")
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    from ..tasks import TASKS  # lazy: tasks import the trainer
-
-    if cfg.task not in TASKS:
-        raise ConfigError(f"{where}: task: unknown task {cfg.task!r}; allowed: {', '.join(TASKS)}")
-    return cfg
-
-
-def dump_run_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))

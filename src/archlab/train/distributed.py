@@ -37,15 +37,16 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
 
 
-def wrap_model(model: nn.Module, info: DistInfo, strategy: str, device: torch.device) -> nn.Module:
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str, device: torch.device,
+               units: list[nn.Module] = ()) -> nn.Module:
+    """DDP, or FSDP sharding each of `units` (the model's own choice, e.g. its blocks) and then the rest."""
     if not info.enabled:
         return model
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        blocks = [m for m in model.modules() if type(m).__name__ == "TransformerBlock"]
-        for block in blocks:  # shard block by block, then the rest (embeddings, heads)
-            fully_shard(block)
+        for unit in units:  # shard block by block, then the rest (embeddings, heads)
+            fully_shard(unit)
         fully_shard(model)
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

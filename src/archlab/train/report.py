@@ -4,8 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
-
 
 def fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -21,10 +19,9 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def write_report(run_dir: Path, run: RunConfig, metrics: dict[str, Any], task_section: str) -> Path:
-    model = run.model.get("preset") or run.model.get("family") or run.init_from
-    lines = [f"# {run.name or run_dir.name}", "",
-             f"Task **{run.task}**, model **{model}** ({fmt(metrics.get('parameters', 0))} parameters, "
+def write_report(run_dir: Path, title: str, description: str, metrics: dict[str, Any], task_section: str) -> Path:
+    lines = [f"# {title}", "",
+             f"{description} ({fmt(metrics.get('parameters', 0))} parameters, "
              f"{fmt(metrics.get('trainable_parameters', 0))} trainable), "
              f"{fmt(metrics.get('steps', 0))} optimizer steps in {fmt(metrics.get('train_seconds', 0.0))} s of training "
              f"({fmt(metrics.get('throughput', 0.0))} {metrics.get('throughput_unit', '')}).", "",

@@ -1,4 +1,14 @@
-"""The one training engine: every task trains, evaluates, checkpoints and resumes through `Trainer`."""
+"""The one training engine: every task trains, evaluates, checkpoints and resumes through `Trainer`.
+
+The engine receives; it does not reach. Its caller gives it a task (train/task.py: data as resumable
+batch plans, a loss, evaluation, assets) and a model factory; it imports nothing from tasks/, models/
+or nn/. What is model-specific reaches it through small hooks a model may define:
+
+- ``model.config.to_dict()``: the model config stored in each checkpoint's config.json;
+- ``model.extra_loss()`` -> a scalar tensor or None: added to the task's mean loss after each forward
+  (e.g. the MoE load-balancing loss);
+- ``model.fsdp_units()`` -> modules: sharded one by one under FSDP (e.g. the Transformer blocks).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,41 +17,29 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from ..errors import TrainingDiverged
-from ..models.config import config_to_dict
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from . import checkpoint as ckpt
-from .config import RunConfig, dump_run_config
+from .config import TrainConfig
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown,
                           wrap_model)
-from .logging import ConsoleProgress, MetricsLog
+from .logging import ConsoleProgress, MetricsLog, read_metrics
 from .optim import build_optimizer, build_scheduler
+from .task import TrainTask
 
-
+UNBOUNDED = 10 ** 9  # total steps of a run stopped by its time budget alone
 
 
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
-
-
-def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
-    from ..nn.feedforward import MoE
-
-    losses = [m.aux_loss for m in model.modules() if isinstance(m, MoE)]
-    return torch.stack(losses).sum() if losses else None
 
 
 def split_refs(refs: list[Any], parts: int) -> list[list[Any]]:
@@ -60,15 +58,24 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2 ** 63))
 
 
-class Trainer:
-    def __init__(self, run: RunConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False):
-        from ..tasks import TASKS
+def model_config_dict(model: nn.Module) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else {}
 
-        self.run, self.cfg = run, run.train
+
+class Trainer:
+    """Trains `build_model()` on `task` under `train` into `run_dir` (which the caller has validated and
+    holds the run's config.yaml). `build_model` is called after seeding, so the initial weights are a
+    function of train.seed; under FSDP it is called again for an unsharded copy to save from."""
+
+    def __init__(self, task: TrainTask, build_model: Callable[[], nn.Module], train: TrainConfig,
+                 run_dir: str | Path, *, resume: bool = False, quiet: bool = False, title: str = "",
+                 description: str = "", initial_eval: bool = False):
+        self.task, self.build_model, self.cfg = task, build_model, train
         self.run_dir = Path(run_dir)
-        self.resume, self.quiet = resume, quiet
-        self.task = TASKS[run.task](run)
-        self.device = pick_device(self.cfg.device)
+        self.resume, self.quiet, self.initial_eval = resume, quiet, initial_eval
+        self.title, self.description = title or task.name, description
+        self.device = pick_device(train.device)
         self.dist = DistInfo()
 
     # --- set-up ----------------------------------------------------------------------------------
@@ -82,62 +89,41 @@ class Trainer:
         self.dist = init_distributed(self.device.type)
         torch.manual_seed(cfg.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.dist.main:
-            dump_run_config(self.run, self.run_dir / "config.yaml")
-        self.task.prepare(self.run_dir)
-        model = self.task.build_model()
-        self._apply_finetune(model)
+        model = self.build_model()
         self.model = model.to(self.device)
-        self.model_config = config_to_dict(self.model.config) if hasattr(self.model, "config") else {}
+        self.model_config = model_config_dict(model)
         self.parameters = sum(p.numel() for p in model.parameters())
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.wrapped = wrap_model(self.model, self.dist, cfg.distributed, self.device)
+        units = model.fsdp_units() if hasattr(model, "fsdp_units") else []
+        self.wrapped = wrap_model(self.model, self.dist, cfg.distributed, self.device, units)
         self.train_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.optimizer = build_optimizer(self.model, cfg)
         self.steps_per_epoch = len(self.task.epoch_plan(0, cfg.batch_size, cfg.seed))
         if self.steps_per_epoch == 0:
-            raise RuntimeError("the training set gives no batch: it is empty or smaller than one batch")
+            raise ConfigError("the training set gives no batch: it is empty or smaller than one batch "
+                              f"(train.batch_size={cfg.batch_size})")
         limits = [cfg.max_steps] if cfg.max_steps else []
         if cfg.epochs:
             limits.append(math.ceil(cfg.epochs * self.steps_per_epoch))
-        self.total_steps = min(limits) if limits else 10 ** 9  # a time budget alone: stop on time
+        self.total_steps = min(limits) if limits else UNBOUNDED
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps if limits else 10 ** 6)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                          else contextlib.nullcontext())
-
-    def _plain_model(self, folder: Path) -> nn.Module:
-        """An unsharded model with a checkpoint's weights (FSDP runs)."""
-        from ..models import build_model
-
-        model = build_model(self.model.config).to(self.device)
-        ckpt.load_weights(model, folder)
-        return model
-
-    def _apply_finetune(self, model: nn.Module) -> None:
-        mode = self.run.finetune.mode
-        if mode == "full":
-            return
-        if mode == "frozen":
-            heads = self.task.head_parameter_prefixes()
-            for name, p in model.named_parameters():
-                p.requires_grad = name.startswith(heads)
-        elif mode == "lora":
-            from ..nn.lora import apply_lora
-
-            lora = self.run.finetune.lora
-            apply_lora(model, lora.targets, lora.rank, lora.alpha, lora.dropout,
-                       trainable_prefixes=self.task.head_parameter_prefixes())
-        if not any(p.requires_grad for p in model.parameters()):
-            raise RuntimeError(f"finetune.mode={mode!r} left no trainable parameter")
 
     # --- state -----------------------------------------------------------------------------------
     @property
     def sharded(self) -> bool:
         return self.dist.enabled and self.cfg.distributed == "fsdp"
 
+    def _plain_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """An unsharded model holding `weights` (FSDP runs save and evaluate through it)."""
+        plain = self.build_model()
+        plain.load_state_dict(weights)
+        return plain.to(self.device)
+
     def _full_state(self) -> tuple[nn.Module, dict | None]:
-        """FSDP: gather full weights and optimizer state (every process takes part); the main process
-        gets an unsharded copy of the model to write. Otherwise: the model itself."""
+        """FSDP: gather full weights and optimizer state (every process takes part); the main process gets
+        an unsharded copy of the model to write. Otherwise: the model itself."""
         if not self.sharded:
             return self.model, None
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -148,11 +134,7 @@ class Trainer:
         optim = get_optimizer_state_dict(self.model, self.optimizer, options=full)
         if not self.dist.main:
             return self.model, None
-        from ..models import build_model
-
-        plain = build_model(self.model.config)
-        plain.load_state_dict(weights)
-        return plain, optim
+        return self._plain_model(weights), optim
 
     def _trainer_state(self, optimizer_state: dict | None = None) -> dict[str, Any]:
         return {"optimizer": optimizer_state or self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -169,29 +151,48 @@ class Trainer:
                              self._trainer_state(optimizer_state) if name == "last" else None, self.task.save_assets,
                              self.cfg.keep_last, name, self.task.checkpoint_info())
 
-    def _restore(self) -> bool:
-        folder = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
-        if folder is None:
-            return False
-        state = ckpt.load_trainer_state(folder)  # read everything before changing anything
+    def _load_weights(self, folder: Path) -> None:
         if self.sharded:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-            plain = self._plain_model(folder)
-            full = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.model, plain.state_dict(), options=full)
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=full)
+            plain = self.build_model()
+            ckpt.load_weights(plain, folder)
+            set_model_state_dict(self.model, plain.state_dict(), options=StateDictOptions(full_state_dict=True))
         else:
             ckpt.load_weights(self.model, folder)
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        self.best, self.bad_evals = state["best"], int(state["bad_evals"])
-        self.train_seconds, self.units = float(state["train_seconds"]), float(state["units"])
-        ckpt.set_rng_state(state["rng"])
-        self.log.print(f"resumed from {folder} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
-        return True
+
+    def _restore(self) -> bool:
+        """Resume from the newest intact checkpoint; an unreadable one is skipped, and the run says so. When
+        checkpoints exist but none can be read, nothing is started over them: CheckpointError."""
+        errors = []
+        for folder in ckpt.resumable_checkpoints(self.run_dir / "checkpoints"):
+            try:
+                state = ckpt.load_trainer_state(folder)  # read everything before changing anything
+                self._load_weights(folder)
+            except CheckpointError as e:
+                self.log.print(f"[yellow]cannot resume from {folder.name}: {e}[/yellow]")
+                errors.append(str(e))
+                continue
+            if self.sharded:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+                set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                         options=StateDictOptions(full_state_dict=True))
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.epoch = int(state["step"]), int(state["epoch"])
+            self.batch_in_epoch = int(state["batch_in_epoch"])
+            self.best, self.bad_evals = state["best"], int(state["bad_evals"])
+            self.train_seconds, self.units = float(state["train_seconds"]), float(state["units"])
+            ckpt.set_rng_state(state["rng"])
+            skipped = f" (skipped {len(errors)} newer unreadable checkpoint(s))" if errors else ""
+            self.log.print(f"resumed from {folder} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})"
+                           f"{skipped}")
+            return True
+        if errors:
+            raise CheckpointError(f"{errors[0]}; no older intact checkpoint to resume from")
+        return False
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -199,19 +200,21 @@ class Trainer:
         cfg = self.cfg
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best, self.bad_evals, self.train_seconds, self.units = None, 0, 0.0, 0.0
-        self.log = ConsoleProgress(self.total_steps if self.total_steps < 10 ** 9 else 0, self.task.unit,
+        self.log = ConsoleProgress(self.total_steps if self.total_steps < UNBOUNDED else 0, self.task.unit,
                                    self.quiet or not self.dist.main)
         resumed = self.resume and self._restore()
         if self.resume and not resumed:
             self.log.print("no checkpoint to resume from: starting a new run")
         self.metrics_log = MetricsLog(self.run_dir, self.step if resumed else None) if self.dist.main else None
         if self.dist.main and not resumed:
-            self.log.print(f"[bold]{self.run.task}[/bold]: {self.parameters:,} parameters "
-                           f"({self.trainable:,} trainable), {self.steps_per_epoch} steps/epoch, "
-                           f"{self.total_steps if self.total_steps < 10 ** 9 else '?'} steps, device {self.device}")
+            total = self.total_steps if self.total_steps < UNBOUNDED else "?"
+            self.log.print(f"[bold]{self.task.name}[/bold]: {self.parameters:,} parameters ({self.trainable:,} "
+                           f"trainable), {self.steps_per_epoch} steps/epoch, {total} steps, device {self.device}")
         plan, plan_epoch = None, -1
         stop = False
         try:
+            if self.initial_eval and not resumed:  # a fine-tuning run shows where its checkpoint starts
+                stop = self._evaluate_and_save()
             while not stop and self.step < self.total_steps:
                 if plan_epoch != self.epoch:
                     plan, plan_epoch = self.task.epoch_plan(self.epoch, cfg.batch_size, cfg.seed), self.epoch
@@ -251,15 +254,16 @@ class Trainer:
         local = float(sum(self.task.count(b) for b in batches))
         total, = all_reduce_sum([local], self.dist, self.device)
         if total == 0:
-            raise RuntimeError(f"step {self.step + 1}: the batch holds no loss terms (all padding?)")
+            raise TrainingDiverged(f"step {self.step + 1}: the batch holds no loss terms (all padding?)")
+        extra_loss = getattr(self.model, "extra_loss", None)
         loss_sum = 0.0
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or not isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
             with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self.autocast:
                 loss = self.task.loss(self.train_model, batch)
-                aux = moe_aux_loss(self.model)
-                if aux is not None:  # weighted like the main loss: per loss term
-                    loss = loss + self.model.config.moe.aux_loss_weight * aux * self.task.count(batch)
+                extra = extra_loss() if extra_loss is not None else None
+                if extra is not None:  # a mean-loss term: weighted like the main loss, per loss term
+                    loss = loss + extra * self.task.count(batch)
             # DDP averages gradients over processes: scale by world to get sum / global count
             (loss * (world / total)).backward()
             loss_sum += float(loss.detach())
@@ -302,8 +306,8 @@ class Trainer:
             self.log.print(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             value = metrics.get(self.cfg.metric)
             if value is None:
-                raise RuntimeError(f"train.metric={self.cfg.metric!r} is not among the evaluation metrics: "
-                                   f"{', '.join(metrics)}")
+                raise ConfigError(f"train.metric={self.cfg.metric!r} is not among the evaluation metrics: "
+                                  f"{', '.join(metrics)}")
             better = self.best is None or (value < self.best if self.cfg.metric_mode == "min" else value > self.best)
             if better:
                 self.best, self.bad_evals = value, 0
@@ -326,14 +330,15 @@ class Trainer:
         model = self.model
         if (best / ckpt.MODEL_FILE).exists():
             if self.sharded:
-                model = self._plain_model(best)
+                model = self.build_model().to(self.device)
+                ckpt.load_weights(model, best)
             else:
                 ckpt.load_weights(model, best)
         model.eval()
         with torch.no_grad(), self.autocast:
             final = self.task.finish(model, self.run_dir)
-        metrics = {**final, "best_" + self.cfg.metric: self.best, "steps": self.step, "epochs": self.step / self.steps_per_epoch,
-                   "train_seconds": round(self.train_seconds, 2),
+        metrics = {**final, "best_" + self.cfg.metric: self.best, "steps": self.step,
+                   "epochs": self.step / self.steps_per_epoch, "train_seconds": round(self.train_seconds, 2),
                    "throughput": self.units / max(self.train_seconds, 1e-9), "throughput_unit": f"{self.task.unit}/s",
                    "parameters": self.parameters, "trainable_parameters": self.trainable}
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -341,9 +346,9 @@ class Trainer:
         from ..viz import plot_training_curves
         from .report import write_report
 
-        plot_training_curves(self.run_dir)
-        write_report(self.run_dir, self.run, metrics, self.task.report(self.run_dir, metrics))
+        plot_training_curves(read_metrics(self.run_dir), self.run_dir / "plots")
+        write_report(self.run_dir, self.title, self.description, metrics, self.task.report(self.run_dir, metrics))
         shown = {k: metrics[k] for k in (*self.task.headline, "train_seconds", "throughput", "parameters") if k in metrics}
-        self.log.table(f"{self.run.name or self.run.task}: results", shown)
+        self.log.table(f"{self.title}: results", shown)
         self.log.print(f"run folder: {self.run_dir}")
         return metrics
