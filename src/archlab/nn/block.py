@@ -8,8 +8,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..config import ConfigError
-from .attention import KVCache, MultiHeadAttention
-from .feedforward import MLP, MoE, SwiGLU
+from .attention import KVCache, MultiHeadAttention, RollingKVCache
+from .feedforward import GATES, GLU, MLP, MoE
+from .mla import LatentCache, MultiHeadLatentAttention
 from .norm import build_norm
 from .position import Rotary
 
@@ -26,14 +27,40 @@ class MoEConfig:
 
 
 @dataclass
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2/V3); the sizes of nn.mla.MultiHeadLatentAttention."""
+    kv_lora_rank: int = 64
+    q_lora_rank: int | None = None  # None: full-rank query projection
+    qk_nope_head_dim: int = 32
+    qk_rope_head_dim: int = 16
+    v_head_dim: int = 32
+
+    def validate(self) -> None:
+        for key in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"mla.{key} must be positive, got {getattr(self, key)}")
+        if self.q_lora_rank is not None and self.q_lora_rank < 1:
+            raise ConfigError(f"mla.q_lora_rank must be positive or null (full rank), got {self.q_lora_rank}")
+        if self.qk_rope_head_dim % 2:
+            raise ConfigError(f"mla.qk_rope_head_dim must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}")
+
+
+@dataclass
 class BlockConfig:
     d_model: int = 128
     n_heads: int = 4
     n_kv_heads: int | None = None  # None: = n_heads (MHA); 1: multi-query; between: grouped-query
+    head_dim: int | None = None  # None: d_model / n_heads (Qwen3, Gemma-2 set it apart)
+    attention: Literal["mha", "mla"] = "mha"  # mha covers GQA/MQA; mla: multi-head latent attention
+    mla: MLAConfig | None = None  # sizes for attention "mla" (None: MLAConfig's defaults)
+    window: int | None = None  # sliding-window attention (Mistral): query i sees keys i - window < j <= i
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys before RoPE (Qwen3, OLMo-2)
+    softcap: float | None = None  # attention logits -> softcap * tanh(logits / softcap) (Gemma-2: 50)
+    attn_scale: float | None = None  # None: head_dim^-1/2; Gemma-2: query_pre_attn_scalar^-1/2
     d_ff: int | None = None  # None: 4 * d_model
-    activation: Literal["relu", "gelu", "gelu_tanh", "swiglu"] = "gelu"
+    activation: Literal["relu", "relu2", "gelu", "gelu_tanh", "swiglu", "geglu_tanh"] = "gelu"
     moe: MoEConfig | None = None
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm: Literal["layernorm", "rmsnorm", "rmsnorm_offset"] = "layernorm"  # rmsnorm_offset: Gemma's (1 + w)
     norm_placement: Literal["pre", "post"] = "pre"
     norm_eps: float = 1e-5
     dropout: float = 0.0
@@ -47,27 +74,83 @@ class BlockConfig:
     def kv_heads(self) -> int:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
+    @property
+    def attn_head_dim(self) -> int:
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def mla_config(self) -> MLAConfig:
+        return self.mla if self.mla is not None else MLAConfig()
+
+    @property
+    def rotary_dim(self) -> int:
+        """The head dimension a caller's Rotary must be built for: MLA rotates only its decoupled rope part."""
+        return self.mla_config.qk_rope_head_dim if self.attention == "mla" else self.attn_head_dim
+
+    def check_position(self, position: str) -> None:
+        """Raise ConfigError if the attention cannot take this position scheme (positions live in models)."""
+        if self.attention == "mla" and position != "rope":
+            raise ConfigError(f"attention 'mla' carries positions in its decoupled RoPE key: position must be "
+                              f"'rope', got {position!r}")
+        if position == "rope" and self.rotary_dim % 2:
+            raise ConfigError(f"position 'rope' needs an even head dimension, got {self.rotary_dim}")
+
     def validate(self) -> None:
         for key in ("d_model", "n_heads", "ffn_dim", "kv_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if self.d_model % self.n_heads:
+        for key in ("head_dim", "window"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1 (or null), got {getattr(self, key)}")
+        for key in ("softcap", "attn_scale"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive (or null), got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention == "mla":
+            self._validate_mla()
+            return
+        if self.mla is not None:
+            raise ConfigError(f"mla is set but attention is {self.attention!r}: set attention 'mla' or drop mla")
+        if self.head_dim is None and self.d_model % self.n_heads:
             divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0 and h <= 64]
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
-                              f"n_heads can be one of {divisors}")
+                              f"n_heads can be one of {divisors} (or set head_dim)")
         if self.n_heads % self.kv_heads:
             allowed = [h for h in range(1, self.n_heads + 1) if self.n_heads % h == 0]
             raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}; allowed: {allowed}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def _validate_mla(self) -> None:
+        self.mla_config.validate()
+        # all heads share one latent (no kv heads or head size of their own); the per-head keys are
+        # up-projected latents, and a norm on them would break the weight absorption of decoding
+        unsupported = {"n_kv_heads": self.kv_heads != self.n_heads, "head_dim": self.head_dim is not None,
+                       "window": self.window is not None, "qk_norm": self.qk_norm}
+        bad = [key for key, is_set in unsupported.items() if is_set]
+        if bad:
+            raise ConfigError(f"attention 'mla' does not combine with {', '.join(bad)}: "
+                              f"use the mla.* sizes instead (or attention 'mha')")
 
 
 def build_ffn(cfg: BlockConfig) -> nn.Module:
     if cfg.moe is not None:
         return MoE(cfg.d_model, cfg.ffn_dim, cfg.moe.experts, cfg.moe.top_k, cfg.activation, cfg.bias, cfg.dropout)
-    if cfg.activation == "swiglu":
-        return SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.bias, cfg.dropout)
+    if cfg.activation in GATES:
+        return GLU(cfg.d_model, cfg.ffn_dim, cfg.bias, cfg.dropout, cfg.activation)
     return MLP(cfg.d_model, cfg.ffn_dim, cfg.activation, cfg.bias, cfg.dropout)
+
+
+def build_self_attention(cfg: BlockConfig) -> nn.Module:
+    if cfg.attention == "mla":
+        m = cfg.mla_config
+        return MultiHeadLatentAttention(cfg.d_model, cfg.n_heads, kv_lora_rank=m.kv_lora_rank,
+                                        qk_nope_head_dim=m.qk_nope_head_dim, qk_rope_head_dim=m.qk_rope_head_dim,
+                                        v_head_dim=m.v_head_dim, q_lora_rank=m.q_lora_rank, bias=cfg.bias,
+                                        dropout=cfg.dropout, scale=cfg.attn_scale, softcap=cfg.softcap,
+                                        norm_eps=cfg.norm_eps)
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout,
+                              head_dim=cfg.head_dim, window=cfg.window, qk_norm=cfg.qk_norm, softcap=cfg.softcap,
+                              scale=cfg.attn_scale, norm_eps=cfg.norm_eps)
 
 
 class TransformerBlock(nn.Module):
@@ -79,22 +162,29 @@ class TransformerBlock(nn.Module):
         self.pre_norm = cfg.norm_placement == "pre"
         norm = lambda: build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)  # noqa: E731
         self.attn_norm = norm()
-        self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout)
-        if cross_attention:
+        self.attn = build_self_attention(cfg)
+        if cross_attention:  # multi-head (no window: the whole source is visible), whatever the self-attention
             self.cross_norm = norm()
             self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads, bias=cfg.bias,
-                                                 dropout=cfg.dropout, cross=True)
+                                                 dropout=cfg.dropout, cross=True, head_dim=cfg.head_dim,
+                                                 qk_norm=cfg.qk_norm, softcap=cfg.softcap, scale=cfg.attn_scale,
+                                                 norm_eps=cfg.norm_eps)
         else:
             self.cross_attn = None
         self.ffn_norm = norm()
         self.ffn = build_ffn(cfg)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None  # skipped, not called, when off
 
+    def new_cache(self, batch: int, max_len: int, device=None, dtype=None) -> KVCache | RollingKVCache | LatentCache:
+        """The cache the self-attention decodes with: latents (MLA), the last `window` positions, or all."""
+        return self.attn.new_cache(batch, max_len, device, dtype)
+
     def _drop(self, x: Tensor) -> Tensor:
         return self.dropout(x) if self.dropout is not None else x
 
     def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, causal: bool = False,
-                rotary: Rotary | None = None, bias: Tensor | None = None, cache: KVCache | None = None,
+                rotary: Rotary | None = None, bias: Tensor | None = None,
+                cache: KVCache | RollingKVCache | LatentCache | None = None,
                 context: Tensor | None = None, context_padding_mask: Tensor | None = None,
                 cross_cache: KVCache | None = None, need_weights: bool = False) -> Tensor:
         # written out rather than through a helper: this runs once per layer per decoded token

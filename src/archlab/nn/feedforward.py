@@ -1,4 +1,5 @@
-"""Position-wise feed-forward layers: MLP (ReLU/GELU), SwiGLU, and a top-k mixture of experts."""
+"""Position-wise feed-forward layers: MLP (ReLU/ReLU²/GELU), gated GLUs (SwiGLU, GeGLU), and a top-k
+mixture of experts."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +11,11 @@ ACTIVATIONS = {
     "relu": F.relu,
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
+    "relu2": lambda x: F.relu(x).square(),  # Primer (So et al. 2021), modded-nanogpt
+}
+GATES = {  # the gate's activation in a GLU
+    "swiglu": F.silu,
+    "geglu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # Gemma's gelu_pytorch_tanh
 }
 
 
@@ -28,23 +34,30 @@ class MLP(nn.Module):
         return self.dropout(y) if self.dropout is not None else y
 
 
-class SwiGLU(nn.Module):
-    """Shazeer (2020): down(silu(gate(x)) * up(x)); gate and up share one matmul."""
+class GLU(nn.Module):
+    """Shazeer (2020): down(act(gate(x)) * up(x)); gate and up share one matmul. act: silu (SwiGLU, Llama)
+    or tanh-approximated GELU (GeGLU, Gemma)."""
 
-    def __init__(self, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0):
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, dropout: float = 0.0, activation: str = "swiglu"):
         super().__init__()
+        if activation not in GATES:
+            raise ValueError(f"unknown gated activation {activation!r}; allowed: {', '.join(GATES)}")
         self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
+        self.act = GATES[activation]
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        y = self.down(F.silu(gate) * up)
+        y = self.down(self.act(gate) * up)
         return self.dropout(y) if self.dropout is not None else y
 
 
+SwiGLU = GLU  # silu is the default gate
+
+
 def swiglu_hidden(d_ff: int) -> int:
-    """Hidden width giving SwiGLU the parameters of a 2-matrix MLP of width d_ff (2/3 rule), rounded to 8."""
+    """Hidden width giving a GLU the parameters of a 2-matrix MLP of width d_ff (2/3 rule), rounded to 8."""
     return max(8, int(round(2 * d_ff / 3 / 8)) * 8)
 
 
@@ -63,8 +76,8 @@ class MoE(nn.Module):
             raise ValueError(f"moe top_k={top_k} must be between 1 and experts={n_experts}")
         self.top_k = top_k
         self.router = nn.Linear(d_model, n_experts, bias=False)
-        if activation == "swiglu":
-            self.experts = nn.ModuleList(SwiGLU(d_model, d_ff, bias, dropout) for _ in range(n_experts))
+        if activation in GATES:
+            self.experts = nn.ModuleList(GLU(d_model, d_ff, bias, dropout, activation) for _ in range(n_experts))
         else:
             self.experts = nn.ModuleList(MLP(d_model, d_ff, activation, bias, dropout) for _ in range(n_experts))
         self.aux_loss = torch.zeros(())
