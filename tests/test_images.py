@@ -131,6 +131,37 @@ def test_truncated_gzip_and_trailing_bytes(tmp_path):
         read_idx(tmp_path / "missing-file")
 
 
+def test_absurd_idx_headers_refused_before_reading(tmp_path):
+    path = tmp_path / "absurd"
+    path.write_bytes(b"\x00\x00\x0e\x03" + b"\xff\xff\xff\xff" * 3)  # 2^96 float64s, and no data
+    with pytest.raises(DataError, match=r"absurd: header says 4294967295x4294967295x4294967295 float64 = \d+ "
+                                        r"data bytes, more than 2147483648; a corrupt header"):
+        read_idx(path)
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\xff" + b"\x00\x00\x00\x02" * 255))  # 255 dims of 2: 2^255
+    with pytest.raises(DataError) as e:
+        read_idx(path)
+    assert "255-dimensional uint8" in str(e.value) and len(str(e.value)) < 300
+    # a gzip bomb: the header promises 784 bytes, the stream holds 64 MiB; decompression stops after 785
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"".join(d.to_bytes(4, "big") for d in (1, 28, 28))
+                                   + bytes(64 << 20), compresslevel=1))
+    with pytest.raises(DataError, match="absurd: trailing bytes after the data"):
+        read_idx(path)
+
+
+def test_corrupt_gzip_stream(tmp_path):
+    path = write_idx(tmp_path / "flipped.gz", torch.arange(5000, dtype=torch.int32))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the deflate stream: zlib.error or a CRC mismatch
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="flipped.gz: "):
+        read_idx(path)
+    path.write_bytes(b"\x1f\x8b" + b"not gzip at all")
+    with pytest.raises(DataError, match="flipped.gz: corrupt or truncated gzip data"):
+        read_idx(path)
+    with pytest.raises(DataError, match="cannot read IDX file"):
+        read_idx(tmp_path)  # a directory
+
+
 def test_inconsistent_dataset_files(tmp_path, no_env_data):
     d = write_fake_idx_dir(tmp_path / "d")
     write_idx(d / "train-labels-idx1-ubyte.gz", torch.full((20,), 12, dtype=torch.uint8))
@@ -382,3 +413,94 @@ def test_corrupt_image_file(tmp_path):
         load_image_file(good)
     with pytest.raises(DataError, match="absent.png: no such image file"):
         load_image_file(tmp_path / "absent.png")
+
+
+def _png_header_only(path, width, height):
+    """A PNG that declares width x height 1-bit pixels and holds none: what a decompression bomb's header says."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+def test_image_file_modes_load_like_the_8bit_image(fashion, tmp_path):
+    """16-bit, palette, alpha, 1-bit and CMYK copies of real test images load equal to the 8-bit one
+    (16-bit: within 1 level, as 8 bits can hold no more); 65535 is white, not clipped to 255."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        x = fashion.test_x[i, 0].numpy()
+        im = Image.fromarray(x)
+        noise = rng.integers(-128, 129, x.shape)  # the low byte of a real 16-bit scan
+        x16 = np.clip(x.astype(np.int64) * 257 + noise, 0, 65535).astype(np.uint16)
+        Image.fromarray(x16).save(tmp_path / "g16.png")  # opens as I;16
+        Image.frombytes("I;16B", im.size, x16.astype(">u2").tobytes()).save(tmp_path / "g16b.tif")
+        Image.fromarray(x16).save(tmp_path / "g16.pgm")  # opens as 32-bit "I"
+        for name in ("g16.png", "g16b.tif", "g16.pgm"):
+            got = load_image_file(tmp_path / name)[0].numpy().astype(int)
+            assert np.abs(got - x).max() <= 1, name
+        im.convert("P").save(tmp_path / "p.png")
+        Image.fromarray(np.dstack([x, x, x, np.full_like(x, 255)])).save(tmp_path / "rgba.png")
+        Image.fromarray(np.dstack([x, np.full_like(x, 255)]), "LA").save(tmp_path / "la.png")
+        im.convert("CMYK").save(tmp_path / "cmyk.tif")
+        for name in ("p.png", "rgba.png", "la.png", "cmyk.tif"):
+            assert np.array_equal(load_image_file(tmp_path / name)[0].numpy(), x), name
+        Image.fromarray(x > 127).save(tmp_path / "bw.png")  # mode "1"
+        assert np.array_equal(load_image_file(tmp_path / "bw.png")[0].numpy(), (x > 127) * 255)
+
+
+def test_image_file_transparency_is_black_background(fashion, tmp_path):
+    """Transparent pixels become the dataset's black background whether or not the colours are inverted."""
+    from PIL import Image
+
+    x = fashion.test_x[0, 0].numpy()
+    alpha = np.where(x > 0, 255, 0).astype(np.uint8)  # the black background cut away
+    Image.fromarray(np.dstack([x, x, x, alpha])).save(tmp_path / "cut.png")
+    assert np.array_equal(load_image_file(tmp_path / "cut.png", invert=False)[0].numpy(), x)
+    # invert="auto" counts transparency as a product photo's white: the cut-out is inverted, background stays black
+    auto = load_image_file(tmp_path / "cut.png")[0].numpy()
+    assert np.array_equal(auto, np.where(x > 0, 255 - x, 0))
+    im = Image.fromarray(x).convert("P")
+    im.save(tmp_path / "trns.png", transparency=0)  # palette entry 0 (black) transparent
+    assert np.array_equal(load_image_file(tmp_path / "trns.png", invert=False)[0].numpy(), x)
+    half = np.dstack([np.full_like(x, 200), np.full_like(x, 128)])  # light gray, half opaque
+    Image.fromarray(half, "LA").save(tmp_path / "half.png")
+    assert load_image_file(tmp_path / "half.png", invert=False)[0, 5, 5] == round(200 * 128 / 255)
+    assert load_image_file(tmp_path / "half.png", invert=True)[0, 5, 5] == round(55 * 128 / 255)
+
+
+def test_image_file_exif_orientation(tmp_path):
+    from PIL import Image
+
+    x = np.arange(20 * 28, dtype=np.uint8).reshape(20, 28) % 97  # dark, not square, no symmetry
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored rows are the picture's right-hand column -> turn 90° clockwise
+    Image.fromarray(x).save(tmp_path / "turned.png", exif=exif)
+    got = load_image_file(tmp_path / "turned.png", size=(28, 20))[0].numpy()
+    assert np.array_equal(got, np.rot90(x, k=-1))
+
+
+def test_bad_image_files(tmp_path):
+    import warnings
+
+    def error(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no DecompressionBombWarning either: refused, not warned about
+            with pytest.raises(DataError) as e:
+                load_image_file(path)
+        assert str(e.value).startswith(f"{path}: ") and len(str(e.value)) < 300 and "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "decompression bomb" in error(_png_header_only(tmp_path / "bomb.png", 100_000, 100_000))
+    assert "10000x10000 pixels is more than" in error(_png_header_only(tmp_path / "big.png", 10_000, 10_000))
+    assert "not a readable image" in error(tmp_path)  # a directory
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert "not a readable image" in error(tmp_path / "empty.png")
+    small = _png_header_only(tmp_path / "nodata.png", 28, 28)  # header fine, pixel data missing
+    assert "not a readable image" in error(small)

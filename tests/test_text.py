@@ -92,6 +92,55 @@ def test_labelled_jsonl(tmp_path):
     assert rows == [("hi", "3")] and bad[0][0] == 2
 
 
+# ---- hostile files: one DataError naming the file (and line), never another exception ------------
+
+def bad(reader, path, **kw) -> str:
+    with pytest.raises(DataError) as e:
+        reader(path, **kw)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}") and len(msg) < 2000, msg
+    return msg
+
+
+def test_encoding_nul_and_directories(tmp_path):
+    latin = tmp_path / "latin.tsv"
+    latin.write_bytes("ok\tfine\nok\tfine\n".encode() + "caf\u00e9\tcoffee\n".encode("latin-1"))
+    assert bad(T.read_parallel, latin) == (f"{latin}:3: not UTF-8 (byte 0xe9: invalid continuation byte); "
+                                           f"re-save the file as UTF-8")
+    utf16 = tmp_path / "u16.csv"
+    utf16.write_bytes("text,label\nhi,a\n".encode("utf-16"))
+    assert bad(T.read_labelled, utf16).startswith(f"{utf16}:1: not UTF-8 (it looks like UTF-16)")
+    nul = write(tmp_path, "nul.jsonl", '{"src": "a", "tgt": "b"}\n{"src": "a\x00", "tgt": "b"}\n')
+    assert bad(T.read_parallel, nul) == f"{nul}:2: NUL byte; this is not a text file (re-save it as UTF-8 text)"
+    (tmp_path / "dir.tsv").mkdir()
+    assert bad(T.read_parallel, tmp_path / "dir.tsv") == f"{tmp_path / 'dir.tsv'}: is a directory, not a text file"
+
+
+def test_jsonl_hostile_lines(tmp_path):
+    lines = ["[" * 100_000 + "]" * 100_000, '{"src": ' + "9" * 5000 + ', "tgt": "x"}', '"just a string"',
+             '{"src": {"a": [1]}, "tgt": "x"}', json.dumps({f"k{i}" * 50: i for i in range(1000)}),
+             '{"src": "a", "tgt": 1}']
+    path = write(tmp_path, "h.jsonl", "\n".join(lines))
+    msg = bad(T.read_parallel, path)
+    assert "5 bad line(s) (1 good)" in msg and "line 1: invalid JSON (nested too deeply)" in msg
+    assert "line 2: invalid JSON (Exceeds the limit (4300 digits)" in msg
+    assert "line 3: expected a JSON object, got str" in msg
+    assert "line 4: ['src'] must be text or a number, got dict" in msg
+    assert re.search(r"line 5: missing field\(s\) \['src', 'tgt'\] \(has 'k0k0.*\.\.\. \(1000 in all\)\)", msg)
+    assert T.read_parallel(path, skip_bad=True)[0] == [("a", "1")]
+
+
+def test_csv_field_too_large_and_wrong_columns(tmp_path):
+    path = write(tmp_path, "big.csv", 'text,label\nfine,a\n"' + "x" * 200_000 + '",b\nok,c\n')
+    assert "line 3: CSV error: field larger than field limit (131072)" in bad(T.read_labelled, path)
+    path = write(tmp_path, "bighead.csv", '"' + "h" * 200_000 + '",label\nx,y\n')
+    assert bad(T.read_labelled, path).startswith(f"{path}:1: header row: CSV error: field larger than field limit")
+    path = write(tmp_path, "wide.tsv", "\t".join("c" * 1000 + str(i) for i in range(100)) + "\nx\n")
+    msg = bad(T.read_labelled, path)
+    assert msg.endswith("lacks column(s) ['text', 'label']; pass text_field=/label_field= to name the right ones")
+    assert "(100 in all)" in msg and len(msg) < 1000
+
+
 # ---- corpora from files ----------------------------------------------------------------------
 
 def test_corpus_from_path(tmp_path):

@@ -15,6 +15,7 @@ import os
 import tempfile
 import urllib.request
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,34 +36,64 @@ _TORCH_TO_IDX = {torch.uint8: 0x08, torch.int8: 0x09, torch.int16: 0x0B, torch.i
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+MAX_IDX_BYTES = 1 << 31  # 2 GiB of data, 4x EMNIST's largest file; a header asking more is corrupt
+
+
+def _read_exactly(f, n: int, path: Path, what: str) -> bytes:
+    data = f.read(n)
+    if len(data) < n:
+        raise DataError(f"{path}: truncated {what}: needs {n} bytes, file has {len(data)}")
+    return data
+
+
+def _read_idx_stream(f, path: Path) -> torch.Tensor:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+        raise DataError(f"{path}: not an IDX file (magic number {magic.hex() or 'missing'}; expected "
+                        f"00 00, a type code in {[hex(c) for c in _IDX_DTYPES]}, and a dimension count >= 1)")
+    ndim = magic[3]
+    head = _read_exactly(f, 4 * ndim, path, f"IDX header: {ndim} dimensions")
+    dims = tuple(int.from_bytes(head[4 * i: 4 * i + 4], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
+    shape = "x".join(map(str, dims)) if ndim <= 8 else f"{ndim}-dimensional"
+    expected = math.prod(dims) * dtype.itemsize
+    if expected > MAX_IDX_BYTES:  # refused before reading (or allocating) anything
+        raise DataError(f"{path}: header says {shape} {dtype.name} = {expected} data bytes, more than "
+                        f"{MAX_IDX_BYTES}; a corrupt header")
+    chunks, left = [], expected
+    while left:  # in chunks, so memory grows with the data that is there, not with what the header claims
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    body = b"".join(chunks)
+    if len(body) < expected:
+        raise DataError(f"{path}: truncated: header says {shape} {dtype.name} = {expected} data bytes, "
+                        f"file has {len(body)}")
+    if f.read(1):
+        raise DataError(f"{path}: trailing bytes after the data: header says {shape} {dtype.name} = "
+                        f"{expected} data bytes, file has more")
+    # astype copies into a writable, native-endian array that torch can own
+    array = np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+    return torch.from_numpy(array)
+
+
 def read_idx(path: str | Path) -> torch.Tensor:
     """Read an IDX file (gzipped or raw, told apart by magic bytes) into a tensor of its dtype."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            if f.read(2) == _GZIP_MAGIC:
+                f.seek(0)
+                with gzip.GzipFile(fileobj=f) as g:  # streamed: a gzip bomb stops at the header's size
+                    return _read_idx_stream(g, path)
+            f.seek(0)
+            return _read_idx_stream(f, path)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read IDX file ({e.strerror or e})") from None
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES or data[3] == 0:
-        raise DataError(f"{path}: not an IDX file (magic number {data[:4].hex() or 'missing'}; expected "
-                        f"00 00, a type code in {[hex(c) for c in _IDX_DTYPES]}, and a dimension count >= 1)")
-    ndim, header = data[3], 4 + 4 * data[3]
-    if len(data) < header:
-        raise DataError(f"{path}: truncated IDX header: {ndim} dimensions need {header} bytes, file has {len(data)}")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected, actual = math.prod(dims) * dtype.itemsize, len(data) - header
-    if actual != expected:
-        why = "truncated" if actual < expected else "trailing bytes after the data"
-        raise DataError(f"{path}: {why}: header says {'x'.join(map(str, dims))} {dtype.name} = {expected} data bytes, "
-                        f"file has {actual}")
-    # astype copies into a writable, native-endian array that torch can own
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
-    return torch.from_numpy(array)
 
 
 def write_idx(path: str | Path, tensor: torch.Tensor) -> Path:
@@ -161,7 +192,7 @@ def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
 def load_idx_dataset(name: str, data_dir: str | Path | None = None) -> ImageDataset:
     """Load 'fashion-mnist' or 'mnist' from IDX files (see ``find_fashion_mnist`` for where it looks)."""
     if name not in IDX_DATASETS:
-        raise ValueError(f"unknown IDX dataset {name!r}; choose one of {', '.join(IDX_DATASETS)}")
+        raise ConfigError(f"unknown IDX dataset {name!r}; choose one of {', '.join(IDX_DATASETS)}")
     directory = _find_idx_dir(name, data_dir)
     if directory is None:
         looked = ", ".join(str(d) for d in _candidate_dirs(name, data_dir)) or "(nowhere: no data_dir, $ARCHLAB_DATA unset)"
@@ -223,7 +254,7 @@ def load_image_dataset(name: str = "fashion-mnist", data_dir: str | Path | None 
     if name == "digits":
         return load_digits_dataset()
     if name not in IDX_DATASETS:
-        raise ValueError(f"unknown image dataset {name!r}; choose one of {', '.join([*IDX_DATASETS, 'digits'])}")
+        raise ConfigError(f"unknown image dataset {name!r}; choose one of {', '.join([*IDX_DATASETS, 'digits'])}")
     if fallback and _find_idx_dir(name, data_dir) is None:
         looked = ", ".join(str(d) for d in _candidate_dirs(name, data_dir))
         warnings.warn(f"{name} not found (looked in {looked}); falling back to {DIGITS_SOURCE}", stacklevel=2)
@@ -264,7 +295,7 @@ def download_fashion_mnist(out_dir: str | Path, base_url: str = FASHION_MNIST_UR
                             f"dataset-fashion-mnist instead") from None
         try:
             got = hashlib.sha256(gzip.decompress(data)).hexdigest()
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{url}: not a valid gzip file ({e})") from None
         if got != sha256:
             raise DataError(f"{url}: checksum mismatch: content SHA256 {got}, expected {sha256}")
@@ -283,7 +314,7 @@ def _content_sha256(path: Path) -> str | None:
     try:
         data = path.read_bytes()
         return hashlib.sha256(gzip.decompress(data) if data[:2] == _GZIP_MAGIC else data).hexdigest()
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return None
 
 
@@ -407,34 +438,62 @@ class Augment:
 
 # ----------------------------------------------------------------------------- single image files
 
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own threshold for a decompression bomb (~300 MB as RGBA)
+
+
+def _gray_and_alpha(img) -> tuple[np.ndarray, np.ndarray | None]:
+    """Luminance in 0..255 and opacity in 0..1 (None when the image has no transparency), float32."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grayscale (PNG, TIFF, PGM; Pillow opens some as 32-bit "I"): 65535 is white. Pillow's
+        # convert("L") clips at 255, which would turn almost every pixel white, so scale instead.
+        return np.clip(np.asarray(img, dtype=np.float32) / 257, 0, 255), None
+    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info:
+        la = img.convert("RGBA").convert("LA")  # via RGBA: the path that applies a palette's transparency
+        arr = np.asarray(la, dtype=np.float32)
+        return arr[..., 0], arr[..., 1] / 255
+    return np.asarray(img.convert("L"), dtype=np.float32), None  # 1-bit, palette, RGB, CMYK, YCbCr, F
+
+
 def load_image_file(path: str | Path, size: tuple[int, int] = (28, 28),
                     invert: bool | Literal["auto"] = "auto") -> torch.Tensor:
     """Any image Pillow reads -> uint8 (1, H, W) for ``size`` = (H, W), styled like Fashion-MNIST: grayscale,
     fitted into the box keeping its aspect and centred on black, a light object on a dark background.
-    invert='auto' inverts when most border pixels are bright (an item photographed on white)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    invert='auto' inverts when most border pixels are bright (an item photographed on white); a
+    transparent pixel counts as white there, since cut-outs are cut from such photos."""
+    from PIL import Image, ImageOps
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # between 1x and 2x its limit Pillow only warns; we refuse below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{path}: {img.width}x{img.height} pixels is more than {MAX_IMAGE_PIXELS}; "
+                                f"refused as a possible decompression bomb (scale the image down first)")
             img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
-            img.load()
+            gray, alpha = _gray_and_alpha(img)
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # transparent background -> white, like a product photo; auto-invert then makes it black
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    gray = np.asarray(img.convert("L"), dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: more than {2 * MAX_IMAGE_PIXELS} pixels; refused as a possible "
+                        f"decompression bomb") from None
+    except Exception as e:  # Pillow's decoders raise many types on bad bytes (OSError, SyntaxError, struct.error...)
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {str(e)[:120]})") from None
     if invert == "auto":
-        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+        shown = gray if alpha is None else gray * alpha + 255 * (1 - alpha)  # as if on white
+        border = np.concatenate([shown[0], shown[-1], shown[:, 0], shown[:, -1]])
         invert = bool((border > 127).mean() > 0.5)
     if invert:
         gray = 255 - gray
-    img = Image.fromarray(gray)
+    if alpha is not None:
+        # Transparent pixels are background, and Fashion-MNIST's background is black (0): its images
+        # are negated product photos. Compositing on black after the inversion keeps them black
+        # whichever way `invert` goes (on white, then inverted, is the same thing).
+        gray = gray * alpha
+    img = Image.fromarray(np.round(gray).astype(np.uint8))
     (H, W), (w, h) = size, img.size
     if (h, w) != (H, W):
         scale = min(H / h, W / w)

@@ -51,13 +51,25 @@ def _raise_bad(path: Path, bad: list[tuple[int, str]], n_good: int) -> None:
 
 def _open_text(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a text file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        return path, path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from spreadsheets
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: tolerate a BOM from spreadsheets
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+        line = raw[: e.start].count(b"\n") + 1
+        utf16 = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise DataError(f"{path}:{line}: not UTF-8{utf16} (byte {raw[e.start]:#04x}: {e.reason}); "
+                        f"re-save the file as UTF-8") from None
+    if "\x00" in text:  # no text format here has a use for NUL: a binary file, or a broken export
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"{path}:{line}: NUL byte; this is not a text file (re-save it as UTF-8 text)")
+    return path, text
 
 
 def _trim_end(text: str) -> str:
@@ -82,12 +94,24 @@ def _read_jsonl(path: Path, text: str, fields: tuple[str, str]):
         except json.JSONDecodeError as e:
             bad.append((n, f"invalid JSON ({e.msg})"))
             continue
+        except RecursionError:
+            bad.append((n, "invalid JSON (nested too deeply)"))
+            continue
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            bad.append((n, f"invalid JSON ({str(e)[:80]})"))
+            continue
         if not isinstance(obj, dict):
             bad.append((n, f"expected a JSON object, got {type(obj).__name__}"))
             continue
         missing = [f for f in fields if f not in obj]
         if missing:
-            bad.append((n, f"missing field(s) {missing} (has {sorted(obj)})"))
+            has = sorted(obj)
+            shown = ", ".join(repr(k[:40]) for k in has[:8]) + (f", ... ({len(has)} in all)" if len(has) > 8 else "")
+            bad.append((n, f"missing field(s) {missing} (has {shown or 'none'})"))
+            continue
+        nested = [f for f in fields if isinstance(obj[f], (dict, list))]
+        if nested:
+            bad.append((n, f"{nested} must be text or a number, got {type(obj[nested[0]]).__name__}"))
             continue
         row = tuple("" if obj[f] is None else str(obj[f]).strip() for f in fields)
         empty = [f for f, v in zip(fields, row) if not v]
@@ -148,10 +172,13 @@ def read_labelled(path, text_field="text", label_field="label", skip_bad=False):
         header = next(reader)
     except StopIteration:
         raise DataError(f"{path}: empty file") from None
+    except csv.Error as e:
+        raise DataError(f"{path}:1: header row: CSV error: {e}") from None
     header = [h.strip() for h in header]
     missing = [f for f in fields if f not in header]
     if missing:
-        raise DataError(f"{path}:1: header {header} lacks column(s) {missing}; "
+        shown = [h[:40] for h in header[:10]] + ([f"... ({len(header)} in all)"] if len(header) > 10 else [])
+        raise DataError(f"{path}:1: header {shown} lacks column(s) {missing}; "
                         f"pass text_field=/label_field= to name the right ones")
     ti, li = header.index(text_field), header.index(label_field)
     rows, bad = [], []
@@ -238,7 +265,10 @@ def read_fortune_file(path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: fortune file missing; install the Debian package "
                         f"{_package_for(path.name)}")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

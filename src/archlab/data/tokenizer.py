@@ -51,6 +51,7 @@ class Tokenizer:
                         and spec["pre_tokenizer"] == _CHAR_SPLIT)
         if self.is_char:
             chars = sorted((ord(t), i) for t, i in tok.get_vocab(with_added_tokens=False).items() if len(t) == 1)
+            self.is_char = bool(chars)  # an edited file with no characters left: the library's way gives <unk>s
             self._codes = np.array([c for c, _ in chars], dtype=np.uint32)
             self._ids = np.array([i for _, i in chars], dtype=np.int64)
 
@@ -100,11 +101,12 @@ class Tokenizer:
     def from_file(cls, path) -> Tokenizer:
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"{path}: no such tokenizer file")
+            raise DataError(f"{path}: " + ("is a directory, not a tokenizer.json" if path.is_dir() else
+                                           "no such tokenizer file"))
         try:
             return cls(HFTokenizer.from_file(str(path)))
         except Exception as e:  # the library raises bare Exceptions for malformed JSON
-            raise DataError(f"{path}: not a valid tokenizer.json ({e})") from None
+            raise DataError(f"{path}: not a valid tokenizer.json ({str(e)[:200]})") from None
 
     def save(self, path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
