@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(PY) -m archlab demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
 clean:

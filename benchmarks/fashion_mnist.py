@@ -35,11 +35,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from archlab.data import images as img  # noqa: E402
 from archlab.models import build_model  # noqa: E402
-from archlab.tasks.image_classification import ImageClassification  # noqa: E402
-from archlab.train import checkpoint as ckpt  # noqa: E402
-from archlab.tasks.run import load_run_config  # noqa: E402
-from archlab.train.logging import read_metrics  # noqa: E402
+from archlab.models.finetune import checkpoint_model_config  # noqa: E402
 from archlab.runs import train_run  # noqa: E402
+from archlab.tasks.image_classification import ImageClassification  # noqa: E402
+from archlab.tasks.run import load_run_config  # noqa: E402
+from archlab.train import checkpoint as ckpt  # noqa: E402
+from archlab.train.logging import read_metrics  # noqa: E402
 
 RECIPES = {"seed_cnn": "configs/fashion_mnist_seed_cnn.yaml", "best": "configs/fashion_mnist_best.yaml",
            "vit": "configs/fashion_mnist_vit.yaml"}
@@ -150,7 +151,8 @@ def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")),
                  platform.processor())
     return {"cpu": model, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "load_average_start": Path("/proc/loadavg").read_text().split()[:3]}
+            "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+            "load_average_start": Path("/proc/loadavg").read_text().split()[:3]}
 
 
 def plot(results: dict, path: Path, target: float) -> None:
@@ -186,7 +188,8 @@ def markdown(info: dict, spd: dict | None, tta: dict, png: str) -> str:
              "", "Command: `flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/fashion_mnist.py`", ""]
     if spd:
         med = spd["median"]
-        ours, plain, plain_cl = med["archlab Trainer"], med["plain PyTorch loop (NCHW)"], med["plain PyTorch loop (channels-last)"]
+        ours, plain = med["archlab Trainer"], med["plain PyTorch loop (NCHW)"]
+        plain_cl = med["plain PyTorch loop (channels-last)"]
         lines += ["### Training speed: seed-cnn, Adam, batch 64, fp32", "",
                   f"{spd['rounds']} alternating rounds of {spd['steps_per_round']} steps each; images/s of the "
                   "training steps (batching included, evaluation excluded).", "",
@@ -199,7 +202,8 @@ def markdown(info: dict, spd: dict | None, tta: dict, png: str) -> str:
         lines += ["", f"The Trainer runs at {ours / plain:.2f}x the plain loop as written and {ours / plain_cl:.2f}x the plain "
                   f"loop in the same (channels-last) layout: {overhead}.", ""]
     lines += ["### Time to accuracy", "", f"![time to accuracy]({png})", "",
-              "| recipe | parameters | epochs | training s | wall s (with evaluation) | images/s | best val acc (epoch) | test acc (final) |",
+              "| recipe | parameters | epochs | training s | wall s (with evaluation) | images/s | best val acc (epoch) "
+              "| test acc (final) |",
               "|---|---|---|---|---|---|---|---|"]
     for name, r in tta.items():
         f, best = r["final"], max(r["per_epoch"], key=lambda e: e["val_accuracy"])

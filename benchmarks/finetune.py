@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from archlab.tasks.run import load_run_config  # noqa: E402
 from archlab.runs import train_run  # noqa: E402
+from archlab.tasks.run import load_run_config  # noqa: E402
 
 PRETRAIN = {"bert": "configs/fortunes_bert_pretrain.yaml", "gpt": "configs/fortunes_gpt_pretrain.yaml"}
 # init -> (recipe, the pretraining run it takes weights or tokenizer from)

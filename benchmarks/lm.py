@@ -31,9 +31,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from archlab.runs import open_task  # noqa: E402
 from archlab.tasks.run import load_run_config  # noqa: E402
-from archlab.runs import train_run  # noqa: E402
-
+from archlab.train.trainer import Trainer  # noqa: E402
 
 # --- the reference: nanoGPT's model.py, condensed ---------------------------------------------------
 
@@ -150,7 +150,9 @@ def archlab_run(iters, run_dir, model=None, eval_every=None, compile_=False, thr
                         log_every=max(1, iters // 20), precision=precision)
     if model:
         run["model"] = {**run["model"], **model}
-    return Trainer(load_run_config(run), run_dir, quiet=True)
+    run = load_run_config(run)
+    task = open_task(run)
+    return Trainer(task, task.build_model, run.train, run_dir, quiet=True)
 
 
 def timed_steps(step, n):
@@ -185,7 +187,7 @@ def speed_round(shape, rounds, steps, threads, compile_, out, precision="fp32"):
     trainer = archlab_run(10 ** 6, out / f"speed-{layers}x{d}", dict(n_layers=layers, n_heads=heads, d_model=d,
                                                                     max_seq_len=block), compile_=compile_,
                           threads=threads, precision=precision)
-    trainer.run.train.batch_size = batch
+    trainer.cfg.batch_size = batch
     trainer._setup()
     plan = trainer.task.epoch_plan(0, batch, 0)
     trainer.step = 0
@@ -248,7 +250,8 @@ def main():
         with torch.no_grad():
             ref_val = task.evaluate(ref.model, "valid", 200)["val_loss"]
             ours_val = task.evaluate(trainer.model.eval(), "valid", 200)["val_loss"]
-        results["quality" + suffix] = {"iters": args.iters, "precision": args.precision, "archlab_val_loss": ours_val, "reference_val_loss": ref_val,
+        results["quality" + suffix] = {"iters": args.iters, "precision": args.precision, "archlab_val_loss": ours_val,
+                                       "reference_val_loss": ref_val,
                               "difference": ours_val - ref_val, "archlab_tokens_s": metrics["throughput"],
                               "reference_tokens_s": 12 * 64 * args.iters / sum(ref_times),
                               "archlab_wall_s": time.perf_counter() - t0}

@@ -28,11 +28,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from archlab.runs import open_task, train_run  # noqa: E402
 from archlab.tasks.base import IGNORE  # noqa: E402
-from archlab.tasks.translation import bleu_chrf  # noqa: E402
 from archlab.tasks.run import load_run_config  # noqa: E402
+from archlab.tasks.translation import bleu_chrf  # noqa: E402
 from archlab.train.optim import build_optimizer, build_scheduler  # noqa: E402
-from archlab.runs import train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,9 @@ def train_marian(task, model, cfg, budget: float) -> dict:
 @torch.inference_mode()
 def marian_translate(task, model, beam: int, length_penalty: float) -> tuple[list[str], float]:
     """Hugging Face's own generate(), in the same length-sorted batches and length limits as archlab."""
-    from archlab.search import length_limits
     from torch.nn.utils.rnn import pad_sequence
+
+    from archlab.search import length_limits
 
     model.eval()
     tok, d = task.tokenizer, task.data
@@ -174,10 +175,7 @@ def main() -> None:
     ours = train_run(run, run_dir, quiet=True)
     print(json.dumps({k: v for k, v in ours.items() if isinstance(v, (int, float))}, indent=1), flush=True)
 
-    from archlab.tasks import TASKS
-
-    task = TASKS["translation"](run)
-    task.prepare(run_dir)  # the run folder's tokenizer.json: the very same tokenizer
+    task = open_task(run, run_dir / "checkpoints" / "last")  # the run's own tokenizer: the very same one
     speed = side_by_side(task, run.train, args.speed_steps)
     print(json.dumps(speed), flush=True)
     marian = marian_for(task, run.train)

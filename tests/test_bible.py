@@ -9,9 +9,19 @@ import pytest
 from conftest import require_command
 
 from archlab.data import bible
-from archlab.data.bible import (BOOKS, TEST_BOOKS, VALID_BOOKS, BibleError, Verse, align,
-                                corpus_text, parse_plain, prepare_bible, read_module,
-                                split_by_book)
+from archlab.data.bible import (
+    BOOKS,
+    TEST_BOOKS,
+    VALID_BOOKS,
+    BibleError,
+    Verse,
+    align,
+    corpus_text,
+    parse_plain,
+    prepare_bible,
+    read_module,
+    split_by_book,
+)
 
 WEB, KJV, SPA = "engWEB2015eb", "engKJV2006eb", "spaRV1909eb"
 

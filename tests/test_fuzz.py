@@ -18,7 +18,8 @@ from archlab.config import ConfigError, from_dict, load_yaml, loads_yaml
 from archlab.data import images
 from archlab.data.text import DataError, read_fortune_file, read_labelled, read_parallel
 from archlab.data.tokenizer import Tokenizer
-from archlab.train.config import RunConfig, TrainConfig
+from archlab.tasks.run import TOP_KEYS, load_run_config
+from archlab.train.config import TrainConfig
 
 FUZZ = settings(max_examples=200, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -59,7 +60,7 @@ def put(workdir, name: str, data: bytes):
 
 # ----------------------------------------------------------------------------- configs
 
-FIELDS = [f for cls in (RunConfig, TrainConfig) for f in cls.__dataclass_fields__]
+FIELDS = [*TOP_KEYS, *TrainConfig.__dataclass_fields__]
 SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(-(10 ** 400), 10 ** 400)
            | st.floats(allow_nan=True, allow_infinity=True)
            | st.sampled_from(["nan", "inf", "-inf", "1e-3", "adamw", "cosine", "bf16", "lora", "", "1e999"])
@@ -76,6 +77,14 @@ def build_or_config_error(cls, data) -> None:
         assert len(str(e)) < 600, str(e)
 
 
+def recipe_or_config_error(data) -> None:
+    """A whole recipe (task, model, data, train, fine-tuning): it loads, or one short ConfigError."""
+    try:
+        load_run_config(data) if isinstance(data, dict) else load_run_config({"task": data})
+    except ConfigError as e:
+        assert len(str(e)) < 600, str(e)
+
+
 @FUZZ
 @given(st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), PLAIN, max_size=8))
 def test_train_config_from_random_data(data):
@@ -86,10 +95,10 @@ def test_train_config_from_random_data(data):
 @given(PLAIN, st.dictionaries(st.sampled_from(list(TrainConfig.__dataclass_fields__)), PLAIN, max_size=6),
        st.sampled_from(["full", "frozen", "lora", 3, None]), PLAIN)
 def test_run_config_from_random_data(anything, train, mode, lora):
-    build_or_config_error(RunConfig, anything)
+    recipe_or_config_error(anything)
     run = {"task": "image_classification", "model": {"family": "cnn"}, "train": {"epochs": 1, **train},
            "finetune": {"mode": mode, "lora": lora}}
-    build_or_config_error(RunConfig, run)
+    recipe_or_config_error(run)
 
 
 VALID_YAML = b"""# a run config with the YAML features people use
@@ -120,7 +129,7 @@ def load_then_build(path) -> None:
         assert str(e).startswith(f"{path}:") and len(str(e)) < 600 and "\n" not in str(e), str(e)
         return
     data.pop("defaults", None)
-    build_or_config_error(RunConfig, data)
+    recipe_or_config_error(data)
 
 
 @FUZZ

@@ -1,5 +1,4 @@
 """Generation: cached equals uncached, sampling filters, sliding window, the streaming CLI."""
-import argparse
 
 import pytest
 import torch
@@ -43,7 +42,8 @@ def test_top_k_and_top_p_filters():
     assert (~torch.isinf(filter_logits(logits, top_p=float(p[0]) - 1e-3))).sum() == 1  # always keeps the top token
     # shuffled order: the filter follows the values, not the positions
     perm = torch.tensor([3, 0, 4, 1, 2])
-    assert torch.equal(torch.isinf(filter_logits(logits[:, perm], top_p=0.8)), torch.isinf(filter_logits(logits, top_p=0.8))[:, perm])
+    permuted_first = torch.isinf(filter_logits(logits[:, perm], top_p=0.8))
+    assert torch.equal(permuted_first, torch.isinf(filter_logits(logits, top_p=0.8))[:, perm])
 
 
 def test_generation_past_the_context_slides_the_window():

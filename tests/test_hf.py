@@ -3,6 +3,7 @@ handling and our BERT give transformers' sentence embeddings on real fortunes; c
 folded in) export to BertForSequenceClassification and load back."""
 import pytest
 import torch
+from conftest import require_path
 
 from archlab.data.text import load_fortunes_split
 from archlab.data.tokenizer import Tokenizer
@@ -11,9 +12,8 @@ from archlab.models.bert import sentence_embeddings
 from archlab.models.hf import HFImportError, load_hf_folder, minilm_path, save_hf_folder
 from archlab.nn.lora import LoRALinear, apply_lora, merge_lora
 from archlab.runs import open_task
-from archlab.tasks.text_classification import TextClassification, encode_texts, padded_batch
 from archlab.tasks.run import load_run_config
-from conftest import require_path
+from archlab.tasks.text_classification import encode_texts, padded_batch
 
 transformers = pytest.importorskip("transformers")
 FORTUNES = "/usr/share/games/fortunes"

@@ -13,10 +13,29 @@ from conftest import require_path
 from archlab.config import ConfigError, from_dict
 from archlab.data import images
 from archlab.data.images import (
-    FASHION_MNIST_CLASSES, FASHION_MNIST_GZ_MD5, FASHION_MNIST_RAW_MD5, IDX_FILES, Augment, DataError,
-    channel_stats, describe_data, download_fashion_mnist, find_fashion_mnist, idx_content_md5,
-    load_digits_dataset, load_idx_dataset, load_image_dataset, load_image_file, normalize, random_crop,
-    random_erasing, random_hflip, read_idx, save_image_file, split_train_valid, write_idx,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_GZ_MD5,
+    FASHION_MNIST_RAW_MD5,
+    IDX_FILES,
+    Augment,
+    DataError,
+    channel_stats,
+    describe_data,
+    download_fashion_mnist,
+    find_fashion_mnist,
+    idx_content_md5,
+    load_digits_dataset,
+    load_idx_dataset,
+    load_image_dataset,
+    load_image_file,
+    normalize,
+    random_crop,
+    random_erasing,
+    random_hflip,
+    read_idx,
+    save_image_file,
+    split_train_valid,
+    write_idx,
 )
 
 FMNIST = "/usr/share/datasets/fashion-mnist"

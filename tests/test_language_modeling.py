@@ -1,14 +1,13 @@
 """Language-model pretraining on real text: it learns, MLM masks as BERT does, the CLI streams."""
 import math
-from collections import Counter
 
 import pytest
 import torch
+from conftest import require_path
 
+from archlab.runs import open_task, train_run
 from archlab.tasks.language_modeling import LanguageModeling, MaskedLanguageModeling, split_text
 from archlab.tasks.run import load_run_config
-from archlab.runs import open_task, train_run
-from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
 

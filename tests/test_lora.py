@@ -3,19 +3,19 @@ saves adapters + head alone, and those with the base model reproduce the fine-tu
 import pytest
 import torch
 import torch.nn as nn
+from conftest import require_path
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from archlab.data.text import load_fortunes_split
 from archlab.data.tokenizer import Tokenizer
 from archlab.models import build_model, count_parameters
-from archlab.nn.lora import LoRALinear, apply_lora, attach_adapters, merge_lora
 from archlab.models.finetune import FinetuneConfig, checkpoint_model_config, prepare_model
+from archlab.nn.lora import LoRALinear, apply_lora, attach_adapters, merge_lora
 from archlab.runs import export_hf, load_run, open_task, train_run
 from archlab.tasks.run import load_run_config
 from archlab.tasks.text_classification import padded_batch
 from archlab.train import checkpoint as ckpt
-from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
 HEAD = ("pooler.", "classifier.")

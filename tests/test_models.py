@@ -242,8 +242,7 @@ def test_bad_input_errors():
 def test_gpt_token_embeddings_are_not_drowned_by_a_fixed_sinusoid():
     """A fixed sinusoid (rms ~0.7) added to N(0, 0.02) embeddings would leave the tokens ~3% of the
     input: with sinusoidal positions GPT scales its embeddings by sqrt(d), as Vaswani et al."""
-    from archlab.models.gpt import GPT
-    from archlab.models.gpt import GPTConfig
+    from archlab.models.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=65, d_model=128, n_heads=4, n_layers=2, max_seq_len=64, position="sinusoidal")

@@ -48,8 +48,10 @@ def test_cross_attention_matches_torch():
     ref = nn.MultiheadAttention(D, H, batch_first=True).eval()
     ours = MultiHeadAttention(D, H, cross=True).eval()
     with torch.no_grad():
-        ours.q_proj.weight.copy_(ref.in_proj_weight[:D]); ours.q_proj.bias.copy_(ref.in_proj_bias[:D])
-        ours.kv_proj.weight.copy_(ref.in_proj_weight[D:]); ours.kv_proj.bias.copy_(ref.in_proj_bias[D:])
+        ours.q_proj.weight.copy_(ref.in_proj_weight[:D])
+        ours.q_proj.bias.copy_(ref.in_proj_bias[:D])
+        ours.kv_proj.weight.copy_(ref.in_proj_weight[D:])
+        ours.kv_proj.bias.copy_(ref.in_proj_bias[D:])
         ours.out_proj.load_state_dict(ref.out_proj.state_dict())
     x, mem = torch.randn(B, 4, D), torch.randn(B, T, D)
     kpm = padding([7, 2, 5])

@@ -16,11 +16,10 @@ from archlab.cli import main
 from archlab.config import ConfigError
 from archlab.data.bible import Verse, misnumbered_chapters
 from archlab.data.text import DataError
-from archlab.runs import load_run
+from archlab.runs import load_run, train_run
 from archlab.search import beam_search, greedy_search, length_limits
-from archlab.tasks.translation import Translation
 from archlab.tasks.run import load_run_config
-from archlab.runs import train_run
+from archlab.tasks.translation import Translation
 
 LETTERS = "abcdefgh"
 

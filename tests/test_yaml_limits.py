@@ -7,7 +7,13 @@ import math
 import pytest
 
 from archlab.config import (
-    MAX_YAML_BYTES, ConfigError, brief_repr, from_dict, load_yaml, loads_yaml, parse_override,
+    MAX_YAML_BYTES,
+    ConfigError,
+    brief_repr,
+    from_dict,
+    load_yaml,
+    loads_yaml,
+    parse_override,
 )
 from archlab.train.config import TrainConfig
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 
-from .config import ConfigError, parse_override, set_path
+from .config import load_yaml, loads_yaml, parse_override, set_path
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .tasks.run import RunConfig
@@ -43,15 +43,6 @@ class Spec:
     extrapolation: list[int] = field(default_factory=list)  # context multiples for language models
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(f"{path} not found")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping")
-    return data
-
-
 def _apply(run: dict, overrides: dict[str, Any]) -> dict:
     run = copy.deepcopy(run)
     for key, value in overrides.items():
@@ -67,7 +58,7 @@ def _factor_from_vary(text: str) -> tuple[str, dict[str, dict]]:
     values = [v.strip() for v in raw.split(",") if v.strip()]
     if not values:
         raise ConfigError(f"--vary {key}: no values given")
-    return key.strip(), {v: {key.strip(): yaml.safe_load(v)} for v in values}
+    return key.strip(), {v: {key.strip(): loads_yaml(v, f"--vary {key.strip()}")} for v in values}
 
 
 def build_spec(configs: list[str], vary: list[str] | None = None, sets: list[str] | None = None) -> Spec:
@@ -78,7 +69,7 @@ def build_spec(configs: list[str], vary: list[str] | None = None, sets: list[str
     names = []
     for c in configs:
         path = Path(c)
-        data = _load_yaml(path)
+        data = load_yaml(path)
         if "base" in data or "recipes" in data:
             allowed = {"name", "base", "recipes", "set", "factors", "seeds", "budget", "metric", "metric_mode",
                        "extrapolation"}
@@ -89,7 +80,7 @@ def build_spec(configs: list[str], vary: list[str] | None = None, sets: list[str
             recipes = [data["base"]] if "base" in data else list(data["recipes"])
             for r in recipes:
                 rp = (path.parent / r).resolve()
-                run = _apply(_load_yaml(rp), data.get("set", {}))
+                run = _apply(load_yaml(rp), data.get("set", {}))
                 variants_base.append(Variant(rp.stem if len(recipes) > 1 else "", run))
             for fname, levels in (data.get("factors") or {}).items():
                 if not isinstance(levels, dict) or not levels:

@@ -327,22 +327,6 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from a file; every failure is a ConfigError naming the file."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found (or not a file)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e)[:300]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a", "b", "c"], parsed value); the value is read as YAML."""
     if "=" not in text:

@@ -47,12 +47,9 @@ class DemoContext:
 
 def recipe(name: str) -> dict[str, Any]:
     """A shipped recipe (configs/NAME.yaml) as plain data."""
-    import yaml
+    from .config import load_yaml
 
-    path = ROOT / "configs" / f"{name}.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"recipe {path} not found")
-    return yaml.safe_load(path.read_text())
+    return load_yaml(ROOT / "configs" / f"{name}.yaml")
 
 
 def train_recipe(ctx: DemoContext, base: dict[str, Any], overrides: dict[str, Any], run_name: str) -> tuple[Path, dict]:
@@ -104,7 +101,7 @@ def demo_sentence() -> tuple[str, str]:
         from .data.bible import read_module
 
         v = read_module("engWEB2015eb", "John 1:1")[0]
-        return v.text, f"John 1:1, World English Bible (via diatheke)"
+        return v.text, "John 1:1, World English Bible (via diatheke)"
     except Exception:
         pass
     try:

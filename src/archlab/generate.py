@@ -64,7 +64,8 @@ def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: fl
     step = compiled(model) if compile else model
     limit = model.config.max_seq_len
     out = idx
-    if not use_cache:  # the reference path: re-run the whole (cropped) context for every token
+    if not use_cache or not hasattr(model, "new_caches"):  # the reference path (and families without a cache):
+        # re-run the whole (cropped) context for every token
         for _ in range(max_new_tokens):
             logits = model(out[:, -limit:])[:, -1].float()
             tok = next_token(logits, temperature, top_k, top_p, generator)

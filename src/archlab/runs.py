@@ -14,8 +14,13 @@ import torch.nn as nn
 
 from .config import from_dict
 from .errors import CheckpointError, ConfigError
-from .models.finetune import (FinetuneConfig, apply_finetune, checkpoint_model_config, find_checkpoint,
-                              read_checkpoint_config)
+from .models.finetune import (
+    FinetuneConfig,
+    apply_finetune,
+    checkpoint_model_config,
+    find_checkpoint,
+    read_checkpoint_config,
+)
 from .models.registry import build_model
 from .tasks import TASKS, Task
 from .tasks.run import RunConfig, dump_run_config, load_run_config

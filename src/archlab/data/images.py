@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 
-
 # ----------------------------------------------------------------------------- IDX files
 
 # IDX type codes -> big-endian numpy dtype (the format stores multi-byte values big-endian)

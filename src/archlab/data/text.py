@@ -14,6 +14,8 @@ import random
 import re
 from pathlib import Path
 
+from ..errors import DataError
+
 DEFAULT_FORTUNE_DIR = "/usr/share/games/fortunes"
 CHINESE_FORTUNES = ("chinese", "song100", "tang300")  # what the Debian package fortunes-zh installs
 
@@ -31,8 +33,6 @@ FORTUNE_CATEGORIES = (
     "art", "computers", "education", "food", "law", "literature",
     "politics", "science", "songs-poems", "sports", "startrek", "work",
 )
-
-from ..errors import DataError
 
 _MAX_LISTED = 10
 

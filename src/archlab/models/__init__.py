@@ -5,8 +5,19 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .registry import (FAMILIES, PRESETS, Family, FamilyConfig, build_model, build_skeleton, count_parameters,
-                       get_family, model_config, register_family, replace_config)
+from .registry import (
+    FAMILIES,
+    PRESETS,
+    Family,
+    FamilyConfig,
+    build_model,
+    build_skeleton,
+    count_parameters,
+    get_family,
+    model_config,
+    register_family,
+    replace_config,
+)
 
 _NOT_FAMILIES = {"registry", "flops", "hf", "finetune"}
 for _module in pkgutil.iter_modules(__path__):

@@ -128,8 +128,11 @@ def resolve_pretrained(init_from: str) -> Pretrained:
             raise ConfigError(f"init_from: {hf_json} is not valid JSON: {e}") from None
         if isinstance(data, dict) and "model_type" in data:
             return Pretrained(init_from, "hf", folder, config_from_hf(data))
-    checkpoint = find_checkpoint(folder)
-    return Pretrained(init_from, "archlab", checkpoint, checkpoint_model_config(checkpoint))
+    try:
+        checkpoint = find_checkpoint(folder)
+        return Pretrained(init_from, "archlab", checkpoint, checkpoint_model_config(checkpoint))
+    except CheckpointError as e:
+        raise ConfigError(f"init_from: {e}") from None
 
 
 def load_pretrained(model: nn.Module, state: dict[str, Tensor], where: str, fresh: tuple[str, ...] = (),

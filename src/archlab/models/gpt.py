@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 

@@ -30,6 +30,9 @@ class FamilyConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, **to_dict(self)}
 
+    def validate(self) -> None:
+        """Ranges and combinations of the fields; ConfigError naming the key."""
+
 
 @dataclass(frozen=True)
 class HFConversion:

@@ -78,4 +78,5 @@ def vit_cost(cfg: ViTConfig, seq_len: int | None = None) -> Cost:
 register_family(Family(
     "vit", ViTConfig, ViT, kind="image_classifier", cost=vit_cost,
     memory=lambda cfg, batch, seq_len=None: transformer_activation_bytes(cfg, cfg.n_layers, batch, cfg.n_patches + 1),
-    presets={"vit-tiny": dict(n_classes=10, image_size=28, patch_size=4, d_model=128, n_heads=4, n_layers=6, d_ff=256, dropout=0.0)}))
+    presets={"vit-tiny": dict(n_classes=10, image_size=28, patch_size=4, d_model=128, n_heads=4, n_layers=6, d_ff=256,
+                              dropout=0.0)}))

@@ -80,11 +80,12 @@ class ImageClassification(ClassificationTask):
             test_x, test_y = test_x[: d.test_subset], test_y[: d.test_subset]
         self.input_size = ds.train_x.shape[-1]
         self.splits = {"train": (tx, ty), "valid": (vx, vy), "test": (test_x, test_y)}
-        mean, std = img.channel_stats(tx)
-        self.mean, self.std = list(mean), list(std)
+        if not self.mean:  # a checkpoint's normalisation is kept: its features were learned under it
+            mean, std = img.channel_stats(tx)
+            self.mean, self.std = list(mean), list(std)
         # normalised and resized once, not per step: a batch is then one gather (+ augmentation)
         self.train_inputs = self.to_input(tx, torch.device("cpu"))
-        self.augment = d.augment.with_fill(mean, std)
+        self.augment = d.augment.with_fill(tuple(self.mean), tuple(self.std))
         self.description = (f"{ds.name} from {ds.source}: {len(ty)} training, {len(vy)} validation (held out of "
                             f"the training set), {len(test_y)} test images, {len(self.classes)} classes")
 
@@ -207,6 +208,14 @@ class ImageClassification(ClassificationTask):
         (folder / "labels.json").write_text(json.dumps(
             {"classes": self.classes, "mean": self.mean, "std": self.std, "image_size": self.size,
              "input_size": self.input_size, "dataset": self.dataset_name}, indent=2))
+
+    def adopt(self, pretrained) -> None:
+        """Start from an image checkpoint: keep its input normalisation (its classes may differ)."""
+        super().adopt(pretrained)
+        labels = pretrained.folder / "labels.json"
+        if labels.is_file():
+            info = json.loads(labels.read_text(encoding="utf-8"))
+            self.mean, self.std = info["mean"], info["std"]
 
     def load_assets(self, folder: Path) -> None:
         path = folder / "labels.json"

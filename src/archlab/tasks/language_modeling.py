@@ -7,8 +7,6 @@ split by position (the first 90% train, the rest validation, cut at a line break
 from __future__ import annotations
 
 import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -260,7 +258,7 @@ class MaskedLanguageModeling(LanguageModeling):
         return {"val_loss": total / n, "val_masked_accuracy": correct / n}
 
     def finish(self, model: nn.Module, run_dir: Path) -> dict[str, Any]:
-        m = self.evaluate(model, "valid", max_batches=max(self.data.eval_batches, 200))
+        m = self.evaluate(model, "valid", max_batches=self.data.eval_batches)
         return {**m, "val_perplexity": math.exp(m["val_loss"]), "vocab_size": self.tokenizer.vocab_size}
 
     def report(self, run_dir: Path, metrics: dict[str, Any]) -> str:

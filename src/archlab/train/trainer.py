@@ -25,8 +25,7 @@ import torch.nn as nn
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown,
-                          wrap_model)
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown, wrap_model
 from .logging import ConsoleProgress, MetricsLog, read_metrics
 from .optim import build_optimizer, build_scheduler
 from .task import TrainTask
@@ -126,8 +125,11 @@ class Trainer:
         an unsharded copy of the model to write. Otherwise: the model itself."""
         if not self.sharded:
             return self.model, None
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=full)
