@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-from conftest import require_command
 
 from archlab.data import bible
 from archlab.data.bible import (
@@ -22,6 +21,8 @@ from archlab.data.bible import (
     read_module,
     split_by_book,
 )
+
+from conftest import require_command
 
 WEB, KJV, SPA = "engWEB2015eb", "engKJV2006eb", "spaRV1909eb"
 

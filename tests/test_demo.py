@@ -6,10 +6,11 @@ import json
 import re
 
 import pytest
-from conftest import require_command, require_path
 
 from archlab import cli
 from archlab.html import render_check
+
+from conftest import require_command, require_path
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import torch
-from engine_stub import train_stub
 from safetensors.torch import load_file
+
+from engine_stub import train_stub
 
 TESTS = Path(__file__).resolve().parent
 SRC = str(TESTS.parent / "src")

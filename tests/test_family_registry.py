@@ -6,12 +6,13 @@ from typing import ClassVar
 import pytest
 import torch.nn as nn
 import yaml
-from conftest import require_path
 
 from archlab import cli
 from archlab.models import FAMILIES, PRESETS, build_model
 from archlab.models.flops import Cost
 from archlab.models.registry import Family, FamilyConfig, build_skeleton, count_parameters, register_family
+
+from conftest import require_path
 
 
 @dataclass

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import require_path
 
 from archlab.errors import ConfigError
 from archlab.runs import train_run
 from archlab.tasks.run import load_run_config
+
+from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
 FMNIST = "/usr/share/datasets/fashion-mnist"

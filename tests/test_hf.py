@@ -3,7 +3,6 @@ handling and our BERT give transformers' sentence embeddings on real fortunes; c
 folded in) export to BertForSequenceClassification and load back."""
 import pytest
 import torch
-from conftest import require_path
 
 from archlab.data.text import load_fortunes_split
 from archlab.data.tokenizer import Tokenizer
@@ -14,6 +13,8 @@ from archlab.nn.lora import LoRALinear, apply_lora, merge_lora
 from archlab.runs import open_task
 from archlab.tasks.run import load_run_config
 from archlab.tasks.text_classification import encode_texts, padded_batch
+
+from conftest import require_path
 
 transformers = pytest.importorskip("transformers")
 FORTUNES = "/usr/share/games/fortunes"

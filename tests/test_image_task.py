@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import require_path
 
 from archlab import cli
 from archlab.config import ConfigError
@@ -15,6 +14,8 @@ from archlab.data import images
 from archlab.runs import load_run, train_run
 from archlab.tasks.image_classification import ImageClassification, attention_rollout
 from archlab.tasks.run import load_run_config
+
+from conftest import require_path
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 SMALL = ["data.train_subset=2000", "data.test_subset=1000", "data.valid_frac=0.02", "train.threads=2", "train.log_every=1"]

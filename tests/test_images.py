@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import require_path
 
 from archlab.config import ConfigError, from_dict
 from archlab.data import images
@@ -37,6 +36,8 @@ from archlab.data.images import (
     split_train_valid,
     write_idx,
 )
+
+from conftest import require_path
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 

@@ -3,11 +3,12 @@ import math
 
 import pytest
 import torch
-from conftest import require_path
 
 from archlab.runs import open_task, train_run
 from archlab.tasks.language_modeling import LanguageModeling, MaskedLanguageModeling, split_text
 from archlab.tasks.run import load_run_config
+
+from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
 

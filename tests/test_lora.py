@@ -3,7 +3,6 @@ saves adapters + head alone, and those with the base model reproduce the fine-tu
 import pytest
 import torch
 import torch.nn as nn
-from conftest import require_path
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -16,6 +15,8 @@ from archlab.runs import export_hf, load_run, open_task, train_run
 from archlab.tasks.run import load_run_config
 from archlab.tasks.text_classification import padded_batch
 from archlab.train import checkpoint as ckpt
+
+from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
 HEAD = ("pooler.", "classifier.")

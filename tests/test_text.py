@@ -4,10 +4,11 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import require_path
 
 from archlab.data import text as T
 from archlab.data.text import DataError
+
+from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
 

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import require_path
 
 from archlab.cli import main
 from archlab.config import ConfigError
@@ -15,6 +14,8 @@ from archlab.runs import open_task, train_run
 from archlab.tasks.run import load_run_config
 from archlab.tasks.text_classification import TextClassification, encode_texts, trailing_specials
 from archlab.train import checkpoint as ckpt
+
+from conftest import require_path
 
 FORTUNES = "/usr/share/games/fortunes"
 TINY = {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 128, "max_seq_len": 64, "dropout": 0.0}

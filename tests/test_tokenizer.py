@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import tokenizers
-from conftest import require_data
 
 from archlab.data.text import DataError
 from archlab.data.tokenizer import Tokenizer
+
+from conftest import require_data
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.\n\tIndented, twice  spaced!",

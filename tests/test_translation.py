@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import require_command
 
 from archlab.cli import main
 from archlab.config import ConfigError
@@ -20,6 +19,8 @@ from archlab.runs import load_run, train_run
 from archlab.search import beam_search, greedy_search, length_limits
 from archlab.tasks.run import load_run_config
 from archlab.tasks.translation import Translation
+
+from conftest import require_command
 
 LETTERS = "abcdefgh"
 

@@ -11,12 +11,13 @@ from ..errors import ConfigError
 @dataclass
 class TrainConfig:
     seed: int = 0
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "adam", "sgd", "muon"] = "adamw"  # muon: hidden matrices, AdamW for the rest
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     momentum: float = 0.9  # sgd
+    muon_momentum: float = 0.95  # muon (Jordan et al. 2024; Liu et al. 2025)
     nesterov: bool = False  # sgd
     schedule: Literal["constant", "cosine", "linear", "noam"] = "constant"
     warmup_steps: int = 0

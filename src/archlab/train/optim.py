@@ -1,12 +1,15 @@
-"""Optimizers (fused/foreach, no weight decay on norms, biases and embeddings) and LR schedules."""
+"""Optimizers (fused/foreach, no weight decay on norms, biases and embeddings; Muon for hidden matrices)
+and LR schedules."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..errors import ConfigError
 from .config import TrainConfig
 
 
@@ -25,10 +28,82 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers that map features to outputs (LM head, classifier): the model's `output_layers()` hook, else
+    its last Linear (the head of every archlab family)."""
+    if hasattr(model, "output_layers"):
+        return list(model.output_layers())
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(hidden 2-D weight matrices for Muon, everything else for AdamW): embeddings, output layers, norms,
+    biases and non-2-D weights (convolutions) stay on AdamW, as in modded-nanogpt and Moonlight."""
+    adamw_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    adamw_ids |= {id(p) for m in output_layers(model) for p in m.parameters()}
+    hidden, rest, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (hidden if p.dim() == 2 and id(p) not in adamw_ids else rest).append(p)
+    return hidden, rest
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon (Newton-Schulz orthogonalised momentum) for hidden matrices, AdamW for the rest, stepped together.
+
+    One optimizer to the engine: its param_groups are both optimizers' own group dicts, so a scheduler scales
+    every learning rate, and its state dict holds both. Muon's update is rescaled to AdamW's RMS
+    (adjust_lr_fn="match_rms_adamw", Liu et al. 2025), so both take the recipe's lr and weight decay."""
+
+    def __init__(self, hidden: list[nn.Parameter], rest: list[nn.Parameter], cfg: TrainConfig, fused: bool):
+        self.muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                                     adjust_lr_fn="match_rms_adamw")
+        adamw_groups = [g for g in param_groups_of(rest, cfg.weight_decay) if g["params"]]
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+        self.defaults = {"lr": cfg.lr}
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+        self.state = {}  # the two optimizers keep their own
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+        self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = {}, {}
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def param_groups_of(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Decay matrices only (2-D and up); vectors (norms, biases) are left alone."""
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
     device_types = {p.device.type for g in groups for p in g["params"]}
     fused = device_types <= {"cpu", "cuda"}  # fused kernels exist for CPU and CUDA tensors
+    if cfg.optimizer == "muon":
+        hidden, rest = muon_split(model)
+        if not hidden:
+            raise ConfigError("train.optimizer: muon trains hidden 2-D weight matrices and this model has none "
+                              "(all its weights are embeddings, output layers, norms, biases or convolutions); "
+                              "use adamw or sgd")
+        return MuonWithAdamW(hidden, rest, cfg, fused)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam

@@ -93,6 +93,8 @@ class Trainer:
         self.model_config = model_config_dict(model)
         self.parameters = sum(p.numel() for p in model.parameters())
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if self.sharded and cfg.optimizer == "muon":  # Muon orthogonalises whole matrices; FSDP holds shards
+            raise ConfigError("train.optimizer: muon does not run under train.distributed: fsdp; use ddp")
         units = model.fsdp_units() if hasattr(model, "fsdp_units") else []
         self.wrapped = wrap_model(self.model, self.dist, cfg.distributed, self.device, units)
         self.train_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
