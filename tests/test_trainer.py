@@ -243,3 +243,17 @@ def test_fsdp_with_lora_trains_saves_resumes_and_equals_one_process(tmp_path):
     assert trained and all(one[k].abs().max() > 0 for k in trained)  # the adapters moved from zero
     _, model, _ = load_run(tmp_path / "fsdp")
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_precision_auto_picks_bf16_only_where_it_is_native(tmp_path, monkeypatch):
+    from archlab.train import trainer as engine
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert engine.resolve_precision("auto", cpu) == ("fp32", "auto: no native bf16 on this device")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert engine.resolve_precision("auto", cpu) == ("bf16", "auto: the CPU has AVX512-BF16")
+    assert engine.resolve_precision("fp32", cpu) == ("fp32", "as configured")
+    metrics = train_run(load_run_config(digits_run(max_steps=2, precision="auto")), tmp_path / "auto", quiet=True)
+    assert metrics["precision"] == "bf16"  # recorded in the run folder's metrics.json

@@ -30,7 +30,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     label_smoothing: float = 0.0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: bf16 where the hardware computes it natively
     compile: bool = False
     eval_every: int = 0  # steps; 0 = at the end of every epoch
     eval_batches: int | None = None  # cap on evaluation batches during training (final eval uses all)

@@ -41,6 +41,26 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
+def native_bf16(device: torch.device) -> str | None:
+    """Why this device computes bf16 natively (AMX or AVX512-BF16 on a CPU, a bf16-capable GPU), or None."""
+    if device.type == "cuda":
+        return "the GPU supports bf16" if torch.cuda.is_bf16_supported() else None
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "the CPU has AMX"
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "the CPU has AVX512-BF16"
+    return None
+
+
+def resolve_precision(choice: str, device: torch.device) -> tuple[str, str]:
+    """(fp32 | bf16, why) for train.precision; `auto` picks bf16 only where it is native (elsewhere bf16 is
+    emulated and slower than fp32)."""
+    if choice != "auto":
+        return choice, "as configured"
+    why = native_bf16(device)
+    return ("bf16", f"auto: {why}") if why else ("fp32", "auto: no native bf16 on this device")
+
+
 def split_refs(refs: list[Any], parts: int) -> list[list[Any]]:
     """Contiguous, near-equal pieces (the first ones one longer when it does not divide)."""
     q, r = divmod(len(refs), parts)
@@ -108,7 +128,8 @@ class Trainer:
             limits.append(math.ceil(cfg.epochs * self.steps_per_epoch))
         self.total_steps = min(limits) if limits else UNBOUNDED
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps if limits else 10 ** 6)
-        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+        self.precision, self.precision_why = resolve_precision(cfg.precision, self.device)
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
                          else contextlib.nullcontext())
 
     # --- state -----------------------------------------------------------------------------------
@@ -213,7 +234,8 @@ class Trainer:
         if self.dist.main and not resumed:
             total = self.total_steps if self.total_steps < UNBOUNDED else "?"
             self.log.print(f"[bold]{self.task.name}[/bold]: {self.parameters:,} parameters ({self.trainable:,} "
-                           f"trainable), {self.steps_per_epoch} steps/epoch, {total} steps, device {self.device}")
+                           f"trainable), {self.steps_per_epoch} steps/epoch, {total} steps, device {self.device}, "
+                           f"precision {self.precision} ({self.precision_why})")
         plan, plan_epoch = None, -1
         stop = False
         try:
@@ -344,7 +366,8 @@ class Trainer:
         metrics = {**final, "best_" + self.cfg.metric: self.best, "steps": self.step,
                    "epochs": self.step / self.steps_per_epoch, "train_seconds": round(self.train_seconds, 2),
                    "throughput": self.units / max(self.train_seconds, 1e-9), "throughput_unit": f"{self.task.unit}/s",
-                   "parameters": self.parameters, "trainable_parameters": self.trainable}
+                   "parameters": self.parameters, "trainable_parameters": self.trainable,
+                   "precision": self.precision, "device": str(self.device)}
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         self.metrics_log.close()
         from ..viz import plot_training_curves
