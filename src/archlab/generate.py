@@ -2,7 +2,9 @@
 
 The prompt is run once (prefill) into pre-allocated caches; each new token then costs one
 single-position forward. When the context is full, the window slides: the cache is refilled with
-the last half of the context, so the model never sees more positions than it was built for.
+the last half of the context, so the model never sees more positions than it was built for. A model
+whose `context_limit` is None (every layer a sliding window with a rolling cache, positions that go on:
+RoPE, not learned) never fills up: it decodes on in bounded memory, and nothing is cut or refilled.
 """
 from __future__ import annotations
 
@@ -62,12 +64,12 @@ def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: fl
     """
     model.eval()
     step = compiled(model) if compile else model
-    limit = model.config.max_seq_len
+    limit = getattr(model, "context_limit", model.config.max_seq_len)  # None: no limit
     out = idx
     if not use_cache or not hasattr(model, "new_caches"):  # the reference path (and families without a cache):
         # re-run the whole (cropped) context for every token
         for _ in range(max_new_tokens):
-            logits = model(out[:, -limit:])[:, -1].float()
+            logits = model(out if limit is None else out[:, -limit:])[:, -1].float()
             tok = next_token(logits, temperature, top_k, top_p, generator)
             out = torch.cat([out, tok], dim=1)
             if on_token is not None:
@@ -78,8 +80,8 @@ def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: fl
     B, T = idx.shape
     out = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=idx.device)  # no torch.cat per token
     out[:, :T] = idx
-    caches = model.new_caches(B, limit)
-    logits = step(idx[:, -(limit - 1):], caches=caches)[:, -1].float()  # prefill
+    caches = model.new_caches(B, limit or T + max_new_tokens)  # (the bounded caches of limit None take no length)
+    logits = step(idx if limit is None else idx[:, -(limit - 1):], caches=caches)[:, -1].float()  # prefill
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     n = T
     for _ in range(max_new_tokens):
@@ -92,7 +94,7 @@ def generate(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: fl
             done |= tok[:, 0] == eos_id
             if bool(done.all()):
                 break
-        if caches[0].length == limit:  # context full: slide the window by refilling half of it
+        if limit is not None and caches[0].length == limit:  # context full: slide the window by refilling half of it
             caches = model.new_caches(B, limit)
             logits = step(out[:, n - limit // 2:n], caches=caches)[:, -1].float()
         else:

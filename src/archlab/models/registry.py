@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..config import from_dict, to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, HFImportError
 
 # What a family's model does, so a task can tell whether it fits (and say so at load time)
 Kind = Literal["image_classifier", "causal_lm", "masked_lm", "seq2seq", "sequence_classifier"]
@@ -41,6 +41,36 @@ class HFConversion:
     config_from_hf: Callable[[dict], FamilyConfig]
     state_from_hf: Callable[[FamilyConfig, dict], dict]  # their state dict -> ours
     to_hf: Callable[[nn.Module, list[str] | None], tuple[dict, dict]] | None = None  # -> (config.json, state)
+    takes: Callable[[Any], bool] | None = None  # the configs it converts, when its family has several (None: all)
+
+
+@dataclass(frozen=True)
+class HFFormats:
+    """Several Hugging Face conversions of one family (gpt: GPT-2, Llama, Qwen3, ...) behind HFConversion's
+    interface: config.json goes by its model_type; weights and export to the first conversion taking the config."""
+    conversions: tuple[HFConversion, ...]
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return tuple(t for c in self.conversions for t in c.model_types)
+
+    def config_from_hf(self, hf: dict) -> FamilyConfig:
+        return next(c for c in self.conversions if hf["model_type"] in c.model_types).config_from_hf(hf)
+
+    def state_from_hf(self, cfg: FamilyConfig, state: dict) -> dict:
+        return self._taking(cfg).state_from_hf(cfg, state)
+
+    def to_hf(self, model: nn.Module, labels: list[str] | None = None) -> tuple[dict, dict]:
+        conversion = self._taking(model.config)
+        if conversion.to_hf is None:
+            raise HFImportError(f"Hugging Face {'/'.join(conversion.model_types)} models are read, not written")
+        return conversion.to_hf(model, labels)
+
+    def _taking(self, cfg: FamilyConfig) -> HFConversion:
+        for conversion in self.conversions:
+            if conversion.takes is None or conversion.takes(cfg):
+                return conversion
+        raise HFImportError(f"no Hugging Face format ({', '.join(self.model_types)}) fits this {cfg.family} config")
 
 
 @dataclass(frozen=True)
@@ -53,7 +83,7 @@ class Family:
     memory: Callable[..., float] | None = None  # (config, batch, seq_len | None) -> activation bytes kept for backward
     cache_bytes: Callable[..., float] | None = None  # (config, context) -> decode cache bytes per token (fp32)
     classifier: str | None = None  # the family that classifies sequences with this body (gpt -> gpt_classifier)
-    hf: HFConversion | None = None
+    hf: HFConversion | HFFormats | None = None
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -68,6 +98,13 @@ def register_family(family: Family) -> Family:
     for name, preset in family.presets.items():
         PRESETS[name] = {"family": family.name, **preset}
     return family
+
+
+def add_hf_conversion(name: str, conversion: HFConversion) -> None:
+    """One more Hugging Face format for a registered family, from another file (models/llama.py: gpt)."""
+    family = get_family(name)
+    known = family.hf.conversions if isinstance(family.hf, HFFormats) else (family.hf,) if family.hf else ()
+    FAMILIES[name] = dataclasses.replace(family, hf=HFFormats((*known, conversion)))
 
 
 def get_family(name: str, section: str = "model") -> Family:

@@ -15,7 +15,7 @@ from ..nn.attention import KVCache
 from ..nn.block import BlockConfig, TransformerBlock
 from ..nn.feedforward import MoE
 from ..nn.norm import build_norm
-from ..nn.position import ALiBi, LearnedPositions, Rotary, SinusoidalPositions
+from ..nn.position import ALiBi, LearnedPositions, RopeScaling, Rotary, SinusoidalPositions
 from .flops import Cost, kv_cache_bytes, layer_flops, transformer_activation_bytes
 from .registry import Family, FamilyConfig, build_skeleton, count_parameters, register_family
 
@@ -28,6 +28,7 @@ class TransformerFamilyConfig(BlockConfig, FamilyConfig):
     max_seq_len: int = 256
     position: Position = "learned"
     rope_base: float = 10000.0
+    rope_scaling: RopeScaling | None = None  # Llama 3.1 / linear stretching of RoPE (position 'rope' only)
 
     def validate(self) -> None:
         super().validate()
@@ -35,9 +36,16 @@ class TransformerFamilyConfig(BlockConfig, FamilyConfig):
             raise ConfigError(f"vocab_size must be positive, got {self.vocab_size}")
         if self.max_seq_len < 1:
             raise ConfigError(f"max_seq_len must be at least 1, got {self.max_seq_len}")
-        if self.position == "rope" and (self.d_model // self.n_heads) % 2:
-            raise ConfigError(f"position 'rope' needs an even head dimension, got d_model/n_heads = "
-                              f"{self.d_model // self.n_heads}")
+        self.check_position(self.position)
+        if not self.rope_base > 0:
+            raise ConfigError(f"rope_base must be positive, got {self.rope_base}")
+        if self.rope_scaling is not None:
+            if self.position != "rope":
+                raise ConfigError(f"rope_scaling needs position 'rope', got {self.position!r}")
+            self.rope_scaling.validate()
+        if self.window is not None and self.window > self.max_seq_len:
+            raise ConfigError(f"window={self.window} is larger than max_seq_len={self.max_seq_len}: "
+                              f"use a window of at most max_seq_len (or no window)")
 
     def require_vocab(self) -> int:
         if self.vocab_size is None:
@@ -70,7 +78,8 @@ class Positions(nn.Module):
         self.kind = cfg.position
         self.additive = {"sinusoidal": lambda: SinusoidalPositions(cfg.d_model, max_len),
                          "learned": lambda: LearnedPositions(cfg.d_model, max_len)}.get(cfg.position, lambda: None)()
-        self.rotary = Rotary(cfg.d_model // cfg.n_heads, max_len, cfg.rope_base) if cfg.position == "rope" else None
+        self.rotary = (Rotary(cfg.rotary_dim, max_len, cfg.rope_base, cfg.rope_scaling) if cfg.position == "rope"
+                       else None)
         self.alibi = ALiBi(cfg.n_heads) if cfg.position == "alibi" else None
 
     def add(self, x: Tensor, offset: int = 0) -> Tensor:
@@ -85,7 +94,7 @@ class TransformerStack(nn.Module):
 
     def __init__(self, cfg: TransformerFamilyConfig, n_layers: int, cross_attention: bool = False):
         super().__init__()
-        self.blocks = nn.ModuleList(TransformerBlock(cfg, cross_attention) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(TransformerBlock(cfg.layer(i), cross_attention) for i in range(n_layers))
         self.final_norm = (build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
                            if cfg.norm_placement == "pre" else nn.Identity())
 
@@ -101,8 +110,7 @@ class TransformerStack(nn.Module):
 
 
 def new_caches(cfg: TransformerFamilyConfig, n_layers: int, batch: int, max_len: int, like: Tensor) -> list[KVCache]:
-    hd = cfg.d_model // cfg.n_heads
-    return [KVCache(batch, cfg.kv_heads, max_len, hd, like.device, like.dtype) for _ in range(n_layers)]
+    return [KVCache(batch, cfg.kv_heads, max_len, cfg.attn_head_dim, like.device, like.dtype) for _ in range(n_layers)]
 
 
 @dataclass
@@ -199,9 +207,10 @@ def encdec_cost(cfg: EncoderDecoderConfig, seq_len: int | None = None, src_len: 
     """Per target token, with a source as long as the target (the usual translation setting)."""
     T = seq_len or cfg.max_seq_len
     S = src_len or T
-    d, hd = cfg.d_model, cfg.d_model // cfg.n_heads
+    d, hd = cfg.d_model, cfg.attn_head_dim
     enc = cfg.n_encoder_layers * layer_flops(cfg, S) * S / T
-    cross = 2 * d * d + 2 * d * d + 4 * S * d + 2 * d * 2 * cfg.kv_heads * hd * S / T
+    q_dim = cfg.n_heads * hd
+    cross = 2 * d * q_dim + 2 * q_dim * d + 4 * S * q_dim + 2 * d * 2 * cfg.kv_heads * hd * S / T
     dec = cfg.n_decoder_layers * (layer_flops(cfg, T) + cross)
     return Cost("token", enc + dec + 2 * d * (cfg.vocab_size or 0), count_parameters(build_skeleton(cfg)))
 

@@ -1,6 +1,7 @@
 """One Transformer block, assembled from its config; GPT, BERT, the encoder-decoder and ViT all use it."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,6 +55,8 @@ class BlockConfig:
     attention: Literal["mha", "mla"] = "mha"  # mha covers GQA/MQA; mla: multi-head latent attention
     mla: MLAConfig | None = None  # sizes for attention "mla" (None: MLAConfig's defaults)
     window: int | None = None  # sliding-window attention (Mistral): query i sees keys i - window < j <= i
+    window_pattern: list[bool] | None = None  # which layers use the window, repeated over the layers (Gemma-2:
+    # [true, false], local and global in turn); None: every layer
     qk_norm: bool = False  # RMSNorm over each head's queries and keys before RoPE (Qwen3, OLMo-2)
     softcap: float | None = None  # attention logits -> softcap * tanh(logits / softcap) (Gemma-2: 50)
     attn_scale: float | None = None  # None: head_dim^-1/2; Gemma-2: query_pre_attn_scalar^-1/2
@@ -62,6 +65,7 @@ class BlockConfig:
     moe: MoEConfig | None = None
     norm: Literal["layernorm", "rmsnorm", "rmsnorm_offset"] = "layernorm"  # rmsnorm_offset: Gemma's (1 + w)
     norm_placement: Literal["pre", "post"] = "pre"
+    sandwich_norm: bool = False  # Gemma-2: one more norm on each branch's output, inside the residual (pre-norm only)
     norm_eps: float = 1e-5
     dropout: float = 0.0
     bias: bool = True
@@ -87,6 +91,12 @@ class BlockConfig:
         """The head dimension a caller's Rotary must be built for: MLA rotates only its decoupled rope part."""
         return self.mla_config.qk_rope_head_dim if self.attention == "mla" else self.attn_head_dim
 
+    def layer(self, i: int) -> BlockConfig:
+        """The config of layer i: without the window where window_pattern makes it a global layer."""
+        if self.window_pattern is None or self.window_pattern[i % len(self.window_pattern)]:
+            return self
+        return dataclasses.replace(self, window=None, window_pattern=None)
+
     def check_position(self, position: str) -> None:
         """Raise ConfigError if the attention cannot take this position scheme (positions live in models)."""
         if self.attention == "mla" and position != "rope":
@@ -107,6 +117,11 @@ class BlockConfig:
                 raise ConfigError(f"{key} must be positive (or null), got {getattr(self, key)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.window_pattern is not None and (self.window is None or not any(self.window_pattern)):
+            raise ConfigError(f"window_pattern={self.window_pattern} needs a window and at least one windowed "
+                              f"layer (true); set window, or drop window_pattern")
+        if self.sandwich_norm and self.norm_placement != "pre":
+            raise ConfigError("sandwich_norm adds a norm inside each pre-norm branch: it needs norm_placement 'pre'")
         if self.attention == "mla":
             self._validate_mla()
             return
@@ -173,6 +188,11 @@ class TransformerBlock(nn.Module):
             self.cross_attn = None
         self.ffn_norm = norm()
         self.ffn = build_ffn(cfg)
+        if cfg.sandwich_norm:  # Gemma-2: each branch's output normalised before it joins the residual
+            self.post_attn_norm, self.post_ffn_norm = norm(), norm()
+            self.post_cross_norm = norm() if cross_attention else None
+        else:
+            self.post_attn_norm = self.post_ffn_norm = self.post_cross_norm = None
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None  # skipped, not called, when off
 
     def new_cache(self, batch: int, max_len: int, device=None, dtype=None) -> KVCache | RollingKVCache | LatentCache:
@@ -191,16 +211,19 @@ class TransformerBlock(nn.Module):
         attn_kw = dict(key_padding_mask=key_padding_mask, causal=causal, rotary=rotary, bias=bias, cache=cache,
                        need_weights=need_weights)
         if self.pre_norm:
-            x = x + self._drop(self.attn(self.attn_norm(x), **attn_kw))
+            h = self.attn(self.attn_norm(x), **attn_kw)
+            x = x + self._drop(h if self.post_attn_norm is None else self.post_attn_norm(h))
         else:
             x = self.attn_norm(x + self._drop(self.attn(x, **attn_kw)))
         if self.cross_attn is not None:
             cross_kw = dict(key_padding_mask=context_padding_mask, cache=cross_cache, need_weights=need_weights)
             if self.pre_norm:
-                x = x + self._drop(self.cross_attn(self.cross_norm(x), context, **cross_kw))
+                h = self.cross_attn(self.cross_norm(x), context, **cross_kw)
+                x = x + self._drop(h if self.post_cross_norm is None else self.post_cross_norm(h))
             else:
                 x = self.cross_norm(x + self._drop(self.cross_attn(x, context, **cross_kw)))
         # the FFN's own dropout already sits on its output
         if self.pre_norm:
-            return x + self.ffn(self.ffn_norm(x))
+            h = self.ffn(self.ffn_norm(x))
+            return x + (h if self.post_ffn_norm is None else self.post_ffn_norm(h))
         return self.ffn_norm(x + self.ffn(x))

@@ -1,12 +1,17 @@
 """Position information: sinusoidal and learned (added to embeddings), rotary (RoPE, applied to
-queries and keys) and ALiBi (a per-head linear bias on attention scores)."""
+queries and keys, optionally stretched for long contexts as Llama 3 does) and ALiBi (a per-head linear
+bias on attention scores)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from ..config import ConfigError
 
 
 def sinusoid_table(length: int, d_model: int, base: float = 10000.0) -> Tensor:
@@ -45,19 +50,58 @@ class LearnedPositions(nn.Module):
         return x + self.embedding.weight[offset:end]
 
 
+@dataclass
+class RopeScaling:
+    """RoPE for contexts longer than the pretraining one, as Hugging Face's rope_type: "linear" divides every
+    frequency by `factor` (position interpolation, Chen et al. 2023); "llama3" (Llama 3.1) divides only the
+    low frequencies (wavelength > original_max_seq_len / low_freq_factor), keeps the high ones (wavelength <
+    original_max_seq_len / high_freq_factor) and blends smoothly in between."""
+    type: Literal["linear", "llama3"] = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0  # llama3 only, as the next two
+    high_freq_factor: float = 4.0
+    original_max_seq_len: int = 8192
+
+    def validate(self) -> None:
+        if not self.factor >= 1.0:
+            raise ConfigError(f"rope_scaling.factor must be at least 1, got {self.factor}")
+        if self.type == "llama3":
+            if not 0 < self.low_freq_factor < self.high_freq_factor:
+                raise ConfigError(f"rope_scaling: need 0 < low_freq_factor < high_freq_factor, got "
+                                  f"{self.low_freq_factor} and {self.high_freq_factor}")
+            if self.original_max_seq_len < 1:
+                raise ConfigError(f"rope_scaling.original_max_seq_len must be positive, got {self.original_max_seq_len}")
+
+    def apply(self, inv_freq: Tensor) -> Tensor:
+        if self.type == "linear":
+            return inv_freq / self.factor
+        # Hugging Face's _compute_llama3_parameters, step for step (the same floats)
+        low_wavelen = self.original_max_seq_len / self.low_freq_factor
+        high_wavelen = self.original_max_seq_len / self.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
+        smooth = (self.original_max_seq_len / wavelen - self.low_freq_factor) / (self.high_freq_factor
+                                                                                 - self.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, scaled)
+
+
 class Rotary(nn.Module):
     """RoPE (Su et al.), in the rotate-half layout of GPT-NeoX / Llama: the head dimension is split in
     two halves that form the (real, imaginary) parts of the rotated pairs."""
 
-    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0, scaling: RopeScaling | None = None):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
-        self.head_dim, self.base = head_dim, base
+        self.head_dim, self.base, self.scaling = head_dim, base, scaling
         self._build(max_len)
 
     def _build(self, length: int, device=None) -> None:
         inv_freq = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim)
+        if self.scaling is not None:
+            inv_freq = self.scaling.apply(inv_freq)
         angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)  # (T, hd/2)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
