@@ -53,7 +53,7 @@ def test_cli_on_a_language_model_run(tmp_path, capsys):
     assert cli.main(["eval", run, "--split", "test"]) == 2
     assert "no 'test' split; choose --split from ['train', 'valid']" in capsys.readouterr().err
     assert cli.main(["generate", run, "--prompt", "A", "--top-k", "0"]) == 2
-    assert "top_k must be at least 1" in capsys.readouterr().err
+    assert "--top-k must be at least 1" in capsys.readouterr().err  # said by the CLI, before the run is opened
     assert cli.main(["generate", run, "--prompt", "A", "--max-new-tokens", "5", "--top-k", "5", "--seed", "1"]) == 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -9,9 +10,38 @@ from pathlib import Path
 from .errors import ArchlabError, ConfigError
 
 
+def at_least(option: str, value: int | None, low: int, why: str = "") -> None:
+    if value is not None and value < low:
+        raise ConfigError(f"{option} must be at least {low}{why}, got {value}")
+
+
+def finite(option: str, value: float, low: float | None = None, positive: bool = False) -> None:
+    """A finite number (nan and inf refused), >= low or > 0 when asked."""
+    if not math.isfinite(value) or (low is not None and value < low) or (positive and value <= 0):
+        bound = " > 0" if positive else f" >= {low:g}" if low is not None else ""
+        raise ConfigError(f"{option} must be a finite number{bound}, got {value}")
+
+
+def utf8_texts(what: str, texts: list[str], allow_empty: bool = False) -> None:
+    """Texts from the command line: valid UTF-8 (Python keeps undecodable argv bytes as lone surrogates),
+    and not empty unless allowed."""
+    for i, text in enumerate(texts, 1):
+        name = what if what.startswith("-") else f"{what} {i}"  # an option holds one text; arguments are counted
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            byte = ord(text[e.start]) - 0xDC00 if 0xDC80 <= ord(text[e.start]) <= 0xDCFF else None
+            shown = f" (byte {byte:#04x})" if byte is not None else ""
+            raise ConfigError(f"{name} is not valid UTF-8{shown}; pass UTF-8 text") from None
+        if not allow_empty and not text.strip():
+            raise ConfigError(f"{name} is empty; give a text to work on")
+
+
 def cmd_summary(args) -> None:
     from .summary import summarize
 
+    at_least("--batch", args.batch, 1)
+    at_least("--seq-len", args.seq_len, 1)
     summarize(args.target, batch=args.batch, seq_len=args.seq_len)
 
 
@@ -21,8 +51,9 @@ def cmd_train(args) -> None:
 
     run = load_run_config(args.config, args.set or [])
     name = run.name or Path(args.config).stem
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(name, args.resume)
-    train_run(run, run_dir, resume=args.resume, quiet=args.quiet)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(name, args.resume or args.overwrite)
+    train_run(run, run_dir, resume=args.resume, overwrite=args.overwrite, force=args.force, quiet=args.quiet,
+              warn=lambda message: print(f"archlab train: warning: {message}", file=sys.stderr, flush=True))
 
 
 def cmd_eval(args) -> None:
@@ -45,11 +76,19 @@ def cmd_eval(args) -> None:
         metrics = task.evaluate(model, args.split)
     print(f"checkpoint {folder}")
     print(json.dumps(metrics, indent=2))
+    bad_weights = sum(int((~p.isfinite()).sum()) for p in model.parameters() if p.is_floating_point())
+    bad_metrics = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad_weights or bad_metrics:
+        found = ([f"{bad_weights:,} weight(s) are NaN or infinite"] if bad_weights else []) + (
+            [f"metric(s) {', '.join(bad_metrics)} are NaN or infinite"] if bad_metrics else [])
+        print(f"archlab eval: warning: checkpoint {folder}: {'; '.join(found)} (did its training diverge?)",
+              file=sys.stderr)
 
 
 def cmd_predict(args) -> None:
     from .runs import load_run
 
+    at_least("--top", args.top, 1)
     task, model, _ = load_run(args.run)
     if not hasattr(task, "predict_files"):
         raise ValueError(f"{args.run} is a {task.name} run; predict works on image-classification runs")
@@ -67,13 +106,19 @@ def cmd_predict(args) -> None:
 def cmd_translate(args) -> None:
     """`archlab translate RUN [TEXT ...] [--input FILE --output FILE] [--beam N]`."""
     from .runs import load_run
+    from .tasks.translation import BEAM_CAP_WHY, MAX_BEAM
 
-    if args.beam < 1 or args.batch_size < 1:
-        raise ConfigError(f"--beam and --batch-size must be at least 1, got {args.beam} and {args.batch_size}")
-    if args.max_len_ratio <= 0:
-        raise ConfigError(f"--max-len-ratio must be positive, got {args.max_len_ratio}")
+    at_least("--beam", args.beam, 1)
+    if args.beam > MAX_BEAM:
+        raise ConfigError(f"--beam must be at most {MAX_BEAM}, got {args.beam}: {BEAM_CAP_WHY}")
+    at_least("--batch-size", args.batch_size, 1)
+    finite("--max-len-ratio", args.max_len_ratio, positive=True)
+    finite("--length-penalty", args.length_penalty)
     if bool(args.text) == bool(args.input):
         raise ConfigError("give the sentences to translate as arguments or as --input FILE (one per line), not both")
+    utf8_texts("sentence", args.text, allow_empty=True)
+    if args.output and Path(args.output).is_dir():
+        raise ConfigError(f"--output {args.output} is a folder; give the name of a file to write")
     if args.input:
         path = Path(args.input)
         if not path.is_file():
@@ -102,6 +147,13 @@ def cmd_generate(args) -> None:
     from .generate import generate
     from .runs import load_run
 
+    at_least("--max-new-tokens", args.max_new_tokens, 1)
+    finite("--temperature", args.temperature, low=0)
+    at_least("--num-samples", args.num_samples, 1)
+    at_least("--top-k", args.top_k, 1, " (or leave it out: no limit)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:  # nan fails this too
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    utf8_texts("--prompt", [args.prompt], allow_empty=True)
     task, model, _ = load_run(args.run)
     if task.name != "language_modeling":
         raise ConfigError(f"{args.run} is a {task.name} run; generate needs a causal language model run")
@@ -137,8 +189,8 @@ def cmd_generate(args) -> None:
 def cmd_classify(args) -> None:
     from .runs import load_run
 
-    if args.top < 1:
-        raise ConfigError(f"--top must be at least 1, got {args.top}")
+    at_least("--top", args.top, 1)
+    utf8_texts("text", args.text)
     task, model, _ = load_run(args.run)
     if task.name != "text_classification":
         raise ConfigError(f"{args.run} is a {task.name} run; classify needs a text-classification run")
@@ -183,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=3e-4")
     s.add_argument("--run-dir", help="output folder (default runs/<name>)")
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    s.add_argument("--overwrite", action="store_true",
+                   help="train anew into a folder that holds a run: the old run is moved aside (DIR.old-<time>)")
+    s.add_argument("--force", action="store_true", help="train even when the memory estimate exceeds the memory free")
     s.add_argument("--quiet", action="store_true", help="no progress bar (for scripts)")
     s.set_defaults(func=cmd_train)
 
@@ -204,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("text", nargs="*", help="sentences to translate (or --input FILE)")
     s.add_argument("--input", help="a file with one sentence per line")
     s.add_argument("--output", help="write translations here (default: print)")
-    s.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy")
+    s.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy; at most 64 (memory grows with beam x batch)")
     s.add_argument("--length-penalty", type=float, default=0.6)
     s.add_argument("--max-len-ratio", type=float, default=1.5, help="longest output = ratio x source length + 10")
     s.add_argument("--batch-size", type=int, default=32)
@@ -269,9 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (ArchlabError, OSError, ValueError, RuntimeError) as e:
-        print(f"archlab {args.command}: error: {e}", file=sys.stderr)
+        print(f"archlab {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: a library's multi-line message joined, an OSError as 'what: path'."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return f"{e.filename}: {e.strerror}"
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__

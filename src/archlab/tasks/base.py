@@ -9,6 +9,7 @@ config completed from the data (vocabulary size, number of classes).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -42,6 +43,20 @@ def summed_cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float
     """Summed token/example cross-entropy in fp32; IGNORE targets carry no loss."""
     return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="sum", ignore_index=IGNORE,
                            label_smoothing=label_smoothing)
+
+
+def read_labels(path: Path, keys: tuple[str, ...], task: str) -> dict[str, Any]:
+    """A checkpoint's labels.json with `keys`; missing, not JSON or incomplete is a DataError naming the file."""
+    if not path.is_file():
+        raise DataError(f"{path} not found: not a {task} checkpoint")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is corrupt: {e}") from None
+    missing = [k for k in keys if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise DataError(f"{path} is not a {task} labels file: it lacks {', '.join(missing)}")
+    return info
 
 
 class Task:
@@ -211,8 +226,6 @@ class ClassificationTask(Task):
         raise NotImplementedError
 
     def fresh_prefixes(self, pretrained: Pretrained) -> tuple[str, ...]:
-        import json
-
         labels = pretrained.folder / "labels.json"
         same = labels.is_file() and json.loads(labels.read_text(encoding="utf-8")).get("classes") == self.classes
         return () if same else (self.classifier_prefix(self.model_config()),)

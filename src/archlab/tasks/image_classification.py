@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data import images as img
 from ..errors import ConfigError, DataError
-from .base import ClassificationTask, epoch_generator, model_device
+from .base import ClassificationTask, epoch_generator, model_device, read_labels
 
 
 @dataclass
@@ -34,9 +34,13 @@ class ImageDataConfig:
     def validate(self) -> None:
         if self.dataset not in ("fashion-mnist", "mnist", "digits"):
             raise ConfigError(f"dataset: {self.dataset!r} is not one of 'fashion-mnist', 'mnist', 'digits'")
-        for key in ("train_subset", "test_subset"):
+        for key in ("train_subset", "test_subset", "eval_batch_size"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if not 0 < self.valid_frac < 1:
+            raise ConfigError(f"valid_frac must be in (0, 1), got {self.valid_frac}")
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise ConfigError(f"classes: name two or more different classes, got {self.classes}")
         if self.tta and not (self.augment.crop_padding or self.augment.hflip):
             raise ConfigError("tta: test-time augmentation averages over the training augmentation's shifts and "
                               "mirror; set augment.crop_padding or augment.hflip, or tta: false")
@@ -218,10 +222,7 @@ class ImageClassification(ClassificationTask):
             self.mean, self.std = info["mean"], info["std"]
 
     def load_assets(self, folder: Path) -> None:
-        path = folder / "labels.json"
-        if not path.is_file():
-            raise DataError(f"{path} not found: not an image-classification checkpoint")
-        info = json.loads(path.read_text())
+        info = read_labels(folder / "labels.json", ("classes", "mean", "std", "image_size", "dataset"), self.name)
         self.classes, self.mean, self.std = info["classes"], info["mean"], info["std"]
         self.size, self.dataset_name = info["image_size"], info["dataset"]
         self.input_size = info.get("input_size", self.size)

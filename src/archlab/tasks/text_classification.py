@@ -24,7 +24,7 @@ from ..data.text import load_fortunes_split, read_labelled
 from ..data.tokenizer import Tokenizer
 from ..errors import ConfigError, DataError
 from ..models import get_family
-from .base import ClassificationTask, epoch_generator, model_device
+from .base import ClassificationTask, epoch_generator, model_device, read_labels
 
 
 @dataclass
@@ -40,6 +40,9 @@ class TextDataConfig:
     def validate(self) -> None:
         if self.max_len < 4:
             raise ConfigError(f"max_len must be at least 4, got {self.max_len}")
+        for key in ("vocab_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.tokenizer not in ("bpe", "char") and not self.tokenizer.endswith(".json"):
             raise ConfigError(f"tokenizer: 'bpe', 'char' or a path to a tokenizer.json, got {self.tokenizer!r}")
 
@@ -284,10 +287,7 @@ class TextClassification(ClassificationTask):
 
     def load_assets(self, folder: Path) -> None:
         super().load_assets(folder)
-        path = Path(folder) / "labels.json"
-        if not path.is_file():
-            raise DataError(f"{path} not found: not a text-classification checkpoint")
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = read_labels(Path(folder) / "labels.json", ("classes", "max_len"), self.name)
         self.classes = info["classes"]
         self.data.max_len = info["max_len"]
 

@@ -10,6 +10,7 @@ greedy and beam-search translations.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from ..search import beam_search, greedy_search, length_limits
 from .base import IGNORE, Task, epoch_generator, model_device
 
 SPLITS = ("train", "valid", "test")
+MAX_BEAM = 64
+BEAM_CAP_WHY = ("beam search keeps beam x batch hypotheses, each with its decoder cache, so memory grows with "
+                "beam x batch; BLEU stops improving long before, at 4-8")
 
 
 @dataclass
@@ -56,8 +60,15 @@ class TranslationDataConfig:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.vocab_size < 300:
             raise ConfigError(f"vocab_size must be at least 300 (256 bytes + specials), got {self.vocab_size}")
-        if self.max_len_ratio <= 0:
-            raise ConfigError(f"max_len_ratio must be positive, got {self.max_len_ratio}")
+        for key in ("max_len", "test_sentences"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.beam > MAX_BEAM:
+            raise ConfigError(f"beam must be at most {MAX_BEAM}, got {self.beam} ({BEAM_CAP_WHY})")
+        if not 0 < self.max_len_ratio < math.inf:
+            raise ConfigError(f"max_len_ratio must be a positive, finite number, got {self.max_len_ratio}")
+        if not math.isfinite(self.length_penalty):
+            raise ConfigError(f"length_penalty must be a finite number, got {self.length_penalty}")
 
 
 def find_split_file(folder: Path, split: str) -> Path:

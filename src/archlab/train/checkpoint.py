@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -18,14 +19,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from ..errors import CheckpointError
 
 MODEL_FILE, CONFIG_FILE, STATE_DIR = "model.safetensors", "config.json", "trainer_state"
-
-
+TEMPORARY = (".tmp-*", ".trash-*")  # a save's folders until it is committed (left behind by a kill)
 
 
 def write_model_folder(folder: Path, model: nn.Module, model_config: dict[str, Any],
@@ -54,6 +54,17 @@ def load_weights(model: nn.Module, folder: Path, strict: bool = True) -> None:
                               f"unexpected {sorted(unexpected)[:5]}")
 
 
+def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a checkpoint's weights, from the safetensors header alone (nothing is loaded);
+    a truncated or corrupt file is a CheckpointError."""
+    path = Path(folder) / MODEL_FILE
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated: {e}") from None
+
+
 # --- trainer state ------------------------------------------------------------------------------
 
 def rng_state() -> dict[str, Any]:
@@ -80,14 +91,30 @@ def save_trainer_state(folder: Path, state: dict[str, Any]) -> None:
     torch.save(state, folder / STATE_DIR / "state.pt")
 
 
-def load_trainer_state(folder: Path) -> dict[str, Any]:
+def load_trainer_state(folder: Path, mmap: bool = False) -> dict[str, Any]:
+    """The trainer state of a checkpoint (mmap: its tensors mapped, not read: a cheap check that it loads).
+    Only tensors and plain values are accepted (weights_only): a file holding pickled objects is refused."""
     path = Path(folder) / STATE_DIR / "state.pt"
     if not path.exists():
         raise CheckpointError(f"{path} not found: the checkpoint has no trainer state to resume from")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, unpickling refused, ...
-        raise CheckpointError(f"{path} is corrupt or truncated: {e}") from None
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e):  # a class or function to import and call: code, not data
+            raise CheckpointError(f"{path} refused: it contains code (pickled objects), which archlab never loads; "
+                                  f"do not load it with weights_only=False") from None
+        raise CheckpointError(f"{path} is corrupt or truncated: {_load_problem(e)}") from None
+    except Exception as e:  # a truncated zip, a bad record, ...
+        raise CheckpointError(f"{path} is corrupt or truncated: {_load_problem(e)}") from None
+
+
+def _load_problem(e: Exception) -> str:
+    """What torch.load found, without its advice (reloading with weights_only=False would run the file's code)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0].split(". ")[0] if lines else type(e).__name__)[:200]
 
 
 # --- atomic folder swaps ------------------------------------------------------------------------
@@ -119,10 +146,16 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, model_config: dict,
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    write_model_folder(tmp, model, model_config, save_assets, extra_config)
-    if trainer_state is not None:
-        save_trainer_state(tmp, {**trainer_state, "step": step})
-    (tmp / "step.txt").write_text(str(step))
+    try:
+        write_model_folder(tmp, model, model_config, save_assets, extra_config)
+        if trainer_state is not None:
+            save_trainer_state(tmp, {**trainer_state, "step": step})
+        (tmp / "step.txt").write_text(str(step))
+    except (OSError, RuntimeError) as e:  # disk full, quota, ... (torch.save reports a failed write as RuntimeError)
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = getattr(e, "strerror", None) or _load_problem(e)
+        raise CheckpointError(f"cannot write checkpoint {name!r} (step {step}) in {root}: {why}; the checkpoints "
+                              f"already there are unchanged (free space, then train with --resume)") from None
     final = root / name
     keep = None
     if name == "last" and final.exists() and keep_last > 1:
@@ -134,6 +167,18 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, model_config: dict,
         for old in olds[: max(0, len(olds) - (keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_temporaries(root: Path) -> list[str]:
+    """Remove the temporary folders of saves that never finished (a kill mid-save); their names. Only
+    called by the one trainer that holds the run folder's lock: no save of another process is under way."""
+    stale = sorted(p for pattern in TEMPORARY for p in Path(root).glob(pattern))
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return [p.name for p in stale]
 
 
 def step_folders(root: Path) -> list[Path]:

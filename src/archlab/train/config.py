@@ -2,6 +2,7 @@
 section). The whole recipe (task, model, data, fine-tuning) is read by archlab.tasks.run."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,16 +47,31 @@ class TrainConfig:
     distributed: Literal["ddp", "fsdp"] = "ddp"  # used when launched by torchrun with several processes
 
     def validate(self) -> None:
+        """Every length, budget, count, probability and rate in range (ConfigError naming the key and range)."""
         if self.epochs is None and self.max_steps is None and self.max_seconds is None:
             raise ConfigError("set train.epochs, train.max_steps or train.max_seconds")
-        for key in ("batch_size", "grad_accum", "keep_last", "log_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.batch_size % self.grad_accum:
-            raise ConfigError(f"batch_size={self.batch_size} must be divisible by grad_accum={self.grad_accum}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        at_least = {"max_steps": 1, "batch_size": 1, "grad_accum": 1, "keep_last": 1, "log_every": 1,
+                    "eval_batches": 1, "threads": 1, "eval_every": 0, "save_every": 0, "patience": 0,
+                    "warmup_steps": 0}
+        for key, low in at_least.items():
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise ConfigError(f"{key} must be at least {low}, got {value}")
+        for key in ("lr", "epochs", "max_seconds", "eps"):  # None: not set (epochs, max_seconds)
+            value = getattr(self, key)
+            if value is not None and not (0 < value < math.inf):
+                raise ConfigError(f"{key} must be a positive, finite number, got {value}")
+        for key in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, key) < math.inf:
+                raise ConfigError(f"{key} must be >= 0 and finite, got {getattr(self, key)}")
         if len(self.betas) != 2:
             raise ConfigError(f"betas must be two numbers, got {self.betas}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for key, value in (("warmup_fraction", self.warmup_fraction), ("momentum", self.momentum),
+                           ("label_smoothing", self.label_smoothing), ("betas[0]", self.betas[0]),
+                           ("betas[1]", self.betas[1])):
+            if not 0 <= value < 1:
+                raise ConfigError(f"{key} must be in [0, 1), got {value}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"batch_size={self.batch_size} must be divisible by grad_accum={self.grad_accum}")

@@ -77,6 +77,15 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2 ** 63))
 
 
+def steps_per_epoch(task: TrainTask, cfg: TrainConfig) -> int:
+    """Optimizer steps in an epoch; none is a ConfigError (checked by the caller before a run folder is written)."""
+    steps = len(task.epoch_plan(0, cfg.batch_size, cfg.seed))
+    if steps == 0:
+        raise ConfigError("the training set gives no batch: it is empty or smaller than one batch "
+                          f"(train.batch_size={cfg.batch_size})")
+    return steps
+
+
 def model_config_dict(model: nn.Module) -> dict[str, Any]:
     config = getattr(model, "config", None)
     return config.to_dict() if hasattr(config, "to_dict") else {}
@@ -119,10 +128,7 @@ class Trainer:
         self.wrapped = wrap_model(self.model, self.dist, cfg.distributed, self.device, units)
         self.train_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.optimizer = build_optimizer(self.model, cfg)
-        self.steps_per_epoch = len(self.task.epoch_plan(0, cfg.batch_size, cfg.seed))
-        if self.steps_per_epoch == 0:
-            raise ConfigError("the training set gives no batch: it is empty or smaller than one batch "
-                              f"(train.batch_size={cfg.batch_size})")
+        self.steps_per_epoch = steps_per_epoch(self.task, cfg)
         limits = [cfg.max_steps] if cfg.max_steps else []
         if cfg.epochs:
             limits.append(math.ceil(cfg.epochs * self.steps_per_epoch))
