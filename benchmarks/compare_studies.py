@@ -1,43 +1,64 @@
 """Run the shipped structure studies (configs/compare/*.yaml) and copy their reports to
-benchmarks/results/compare_<study>.md (+ the metric-vs-FLOPs plot).
+benchmarks/results/compare_<study>.md (+ their plots as compare_<study>_<plot>.png), with the command and
+its CPU time.
 
-    python benchmarks/compare_studies.py [positions_norm moe cnn_vit] [--seeds N] [--threads 2]
+    python benchmarks/compare_studies.py [future positions_norm moe cnn_vit] [--quick] [--seeds N]
+        [--threads 2] [--workers N | --ray auto|HOST:PORT]
 """
 import argparse
 import re
+import resource
 import shutil
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from archlab.compare import build_spec, compare  # noqa: E402
+from archlab.lab.executors import make_executor  # noqa: E402
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("studies", nargs="*", default=["positions_norm", "moe", "cnn_vit"])
+    ap.add_argument("studies", nargs="*", default=["future", "positions_norm", "moe", "cnn_vit"])
+    ap.add_argument("--quick", action="store_true", help="each study's smaller version")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--ray", default=None)
     ap.add_argument("--work", default="runs/studies")
     args = ap.parse_args()
     results = ROOT / "benchmarks" / "results"
     for study in args.studies:
-        overrides = [f"train.threads={args.threads}"]
-        spec = build_spec([str(ROOT / "configs" / "compare" / f"{study}.yaml")], sets=overrides)
+        spec = build_spec([str(ROOT / "configs" / "compare" / f"{study}.yaml")], sets=[f"train.threads={args.threads}"],
+                          quick=args.quick)
         if args.seeds:
             spec.seeds = args.seeds
-        out = Path(args.work) / study
-        compare(spec, out)
+        out = Path(args.work) / (study + ("-quick" if args.quick else ""))
+        executor = make_executor(args.workers, args.ray, args.threads)
+        t0, cpu0 = time.time(), cpu_seconds()
+        try:
+            compare(spec, out, executor=executor)
+        finally:
+            executor.close()
+        wall, cpu = time.time() - t0, cpu_seconds() - cpu0  # CPU of this process and its pool workers
+        command = f"archlab compare configs/compare/{study}.yaml{' --quick' if args.quick else ''}"
         report = (out / "report.md").read_text()
-        report = re.sub(r"^# Comparison: .*", f"## Structure study: {study} (archlab compare configs/compare/{study}.yaml)",
-                        report, count=1, flags=re.M)
-        report = report.replace("](metric_vs_flops.png)", f"](benchmarks/results/compare_{study}.png)")
+        for png in out.glob("*.png"):
+            name = f"compare_{study}_{png.stem}.png"
+            shutil.copy(png, results / name)
+            report = report.replace(f"]({png.name})", f"](benchmarks/results/{name})")
         report = re.sub(r"^## ", "### ", report.split("\n", 1)[1], flags=re.M)
-        header = f"## Structure study: {study} (`archlab compare configs/compare/{study}.yaml`)\n"
+        header = (f"## Structure study: {study} (`{command}`)\n\n{wall / 60:.0f} min wall-clock, {cpu / 3600:.1f} "
+                  f"CPU-hours ({executor.name}, {args.threads} threads a run).\n")
         (results / f"compare_{study}.md").write_text(header + report)
-        shutil.copy(out / "metric_vs_flops.png", results / f"compare_{study}.png")
 
 
 if __name__ == "__main__":

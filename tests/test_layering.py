@@ -1,11 +1,11 @@
-"""Imports point down only: cli -> compare/demo/runs/summary -> tasks -> train (the engine), models -> nn;
+"""Imports point down only: cli -> compare/lab/demo/runs/summary -> tasks -> train (the engine), models -> nn;
 data beside them; config/errors/viz/html at the bottom. Read from the source with `ast`, lazy imports
 inside functions included, so a shortcut taken in a hurry fails here."""
 import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "archlab"
-TOP = {"cli", "__main__", "compare", "demo", "runs", "summary"}
+TOP = {"cli", "__main__", "compare", "demo", "runs", "summary", "lab"}
 
 # package or module -> the archlab packages/modules it must never import
 FORBIDDEN = {

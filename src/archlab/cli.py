@@ -301,9 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget-flops", type=float, help="training FLOPs per variant (analytic count)")
     budget.add_argument("--budget-seconds", type=float, help="training seconds per variant")
     budget.add_argument("--budget-steps", type=int, help="optimizer steps per variant")
+    budget.add_argument("--budgets-flops", metavar="F1,F2,F3",
+                        help="3 or more FLOP budgets: a scaling curve per variant, each budget its own full schedule")
     s.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the spec's, else 3)")
+    s.add_argument("--tune", choices=["lr"], help="tune each variant's learning rate (a log-spaced sweep per budget)")
+    s.add_argument("--isoflop", metavar="KEY=V1,V2,V3",
+                   help="model sizes tried within each budget (the compute-optimal size)")
+    s.add_argument("--baseline", help="the variant the others are tested against (default: the first)")
+    s.add_argument("--quick", action="store_true", help="the study's smaller version (its quick: section)")
     s.add_argument("--out", help="comparison folder (default runs/compare-<name>)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config value")
+    runs = s.add_argument_group("where the runs go (default: one after another in this process)")
+    runs.add_argument("--workers", type=int, help="a local pool of N processes, cores/N threads each")
+    runs.add_argument("--ray", metavar="auto|HOST:PORT", help="a Ray cluster (pip install 'archlab[ray]')")
+    runs.add_argument("--cpus-per-run", type=int, help="Ray: CPUs (and torch threads) per run (default: the "
+                      "recipe's train.threads, else 1)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_compare)
 
