@@ -89,7 +89,7 @@ def measure(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         os.chdir(job["cwd"])
     cfg = load_run_config(run)
     if not (run_dir / "metrics.json").exists():
-        train_run(cfg, run_dir, resume=(run_dir / "checkpoints").exists(), quiet=True)
+        train_run(cfg, run_dir, resume=run_dir.exists(), quiet=True)  # a run killed before its first checkpoint restarts
     metrics = json.loads((run_dir / "metrics.json").read_text())
     final = end_of_schedule(run_dir, metrics)
     out = {k: v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
