@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import require_command
 from torch.utils.flop_counter import FlopCounterMode
 
 import archlab.data.text
@@ -20,6 +19,8 @@ from archlab.nn.attention import KVCache, RollingKVCache
 from archlab.nn.linear_attention import GatedDeltaNetCache
 from archlab.nn.mla import LatentCache
 from archlab.nn.ssm import Mamba2Cache
+
+from conftest import require_command
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
