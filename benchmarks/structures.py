@@ -5,8 +5,8 @@ gpt-baby, mamba2-baby, gdn-baby (gated DeltaNet) and hybrid-baby (mamba2, mamba2
      batch 12, context 64), in alternating rounds (the machine drifts; medians), as benchmarks/lm.py measures;
      with the analytic training FLOPs per token and where the time of a step goes (torch.profiler, the top
      operators by self time);
-  2. decoding speed: tokens/s of single-token steps with each family's cache, batch 1, when the context
-     holds 1x and 8x the training context (64 and 512 tokens), and the cache bytes a sequence holds then.
+  2. decoding speed: tokens/s of single-token steps with each family's cache, batch 1 (one thread by default),
+     when the context holds 1x and 8x the training context (64 and 512 tokens), and the cache bytes then.
 
     python benchmarks/structures.py [--threads 2] [--rounds 5] [--steps 10] [--compile]
 """
@@ -138,6 +138,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=10, help="training steps per model per round")
+    ap.add_argument("--decode-threads", type=int, default=1,
+                    help="threads for batch-1 decoding: its ops are tiny, a second thread only adds OpenMP "
+                         "synchronisation (10-200x slower steps, measured, when the cores are shared)")
     ap.add_argument("--compile", action="store_true", help="also time training with train.compile: true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
@@ -153,6 +156,8 @@ def main() -> None:
     if args.compile:
         results["training_compiled"], _ = training_speed(args.threads, args.rounds, args.steps, True, work)
         print(json.dumps(results["training_compiled"], indent=2), flush=True)
+    torch.set_num_threads(args.decode_threads)
+    results["decode_threads"] = args.decode_threads
     results["decoding"] = decoding(vocab, args.rounds)
     print(json.dumps(results["decoding"], indent=2), flush=True)
     results["load_after"] = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
@@ -179,8 +184,9 @@ def write_markdown(r: dict, path: Path) -> None:
             lines.append(f"| {row['model']} | {row['parameters']:,} | {row['tokens_s']:,.0f} | {row['vs_gpt']:.2f}x | "
                          f"{row['train_flops_per_token'] / 1e6:.2f} M | {row['gflop_s']:.1f} | {ops} |")
         lines.append("")
-    lines += ["Decoding: single-token steps with each family's cache, batch 1, once the context holds 64 (1x the "
-              "training context) and 512 (8x) tokens; the bytes the caches hold then for the sequence (fp32):", "",
+    lines += [f"Decoding ({r['decode_threads']} thread{'s' if r['decode_threads'] > 1 else ''}): single-token steps "
+              "with each family's cache, batch 1, once the context holds 64 (1x the training context) and 512 (8x) "
+              "tokens; the bytes the caches hold then for the sequence (fp32; a recurrent state does not grow):", "",
               "| model | tokens/s at 64 | tokens/s at 512 | cache at 64 | cache at 512 |", "|---|---|---|---|---|"]
     for row in r["decoding"]:
         lines.append(f"| {row['model']} | {row['tokens_s_64']:,.0f} | {row['tokens_s_512']:,.0f} | "
