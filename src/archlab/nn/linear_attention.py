@@ -171,7 +171,10 @@ class GatedDeltaNet(nn.Module):
         qkv = torch.cat([past, qkv], dim=-1)  # (B, conv_dim, K - 1 + T)
         if cache is not None:
             cache.conv_state = qkv[:, :, qkv.size(-1) - (self.conv_kernel - 1):].clone()  # not a view of all T
-        qkv = F.silu(self.conv1d(qkv)).transpose(1, 2)  # (B, T, conv_dim)
+        if T == 1:  # one new token: a multiply-add, far cheaper than a conv call
+            qkv = F.silu((qkv * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)).transpose(1, 2)
+        else:
+            qkv = F.silu(self.conv1d(qkv)).transpose(1, 2)  # (B, T, conv_dim)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
 
         # the recurrence runs in fp32 (as HF and the FLA kernels do): its state sums over the whole sequence

@@ -209,6 +209,9 @@ class Mamba2Mixer(nn.Module):
         else:
             xBC = torch.cat([cache.conv_state[..., 1:].to(xBC.dtype), xBC], dim=-1)
             cache.conv_state = xBC[..., -self.d_conv:].to(cache.conv_state.dtype)
+            if xBC.size(-1) == self.d_conv:  # one new token: a multiply-add, far cheaper than a conv call
+                y = (xBC * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)
+                return (y if self.conv1d.bias is None else y + self.conv1d.bias[:, None]).transpose(1, 2)
         return self.conv1d(xBC).transpose(1, 2)
 
 
