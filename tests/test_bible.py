@@ -1,9 +1,12 @@
 """archlab.data.bible: each diatheke quirk on a snippet of its real output (copied from
-`diatheke -b MODULE -f plain -o f -k ...`), then the installed SWORD modules end to end."""
+`diatheke -b MODULE -f plain -o f -k ...`), the pysword reader's rendering on snippets of the modules'
+real OSIS markup, then the installed SWORD modules end to end, both readers verse for verse."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 
 import pytest
 
@@ -16,13 +19,14 @@ from archlab.data.bible import (
     Verse,
     align,
     corpus_text,
+    osis_plain,
     parse_plain,
     prepare_bible,
     read_module,
     split_by_book,
 )
 
-from conftest import require_command
+from conftest import require_command, require_data
 
 WEB, KJV, SPA = "engWEB2015eb", "engKJV2006eb", "spaRV1909eb"
 
@@ -131,6 +135,83 @@ def test_strongs_tags_are_stripped():
     assert got["Luke 22:67"].startswith("Diciendo: ¿Eres tú el Cristo? dínoslo. Y les")
 
 
+def test_cross_references_are_cut_without_gluing_words():
+    # -o fs: plain output would print "hear,the dead" (the cross-reference deleted with no space)
+    out = ("Matthew 11:5: the blind receive their sight, the lame walk, the lepers are cleansed, the deaf hear, "
+           "[11:5 Isaiah 35:5] the dead are raised up, and the poor have good news preached to them. [11:5 Isaiah 61:1-4] \n")
+    assert texts(parse_plain(out))["Matthew 11:5"].endswith("the deaf hear, the dead are raised up, and the poor "
+                                                             "have good news preached to them.")
+
+
+# ---------------------------------------------------------------------------------------------
+# the pysword reader: OSIS markup rendered as diatheke renders it (snippets of the modules' real markup)
+
+def test_osis_notes_titles_and_preverse_matter_go():
+    web_gen_1_1 = ('<w lemma="strong:H0430">In</w> <w lemma="strong:H0853">the</w> <w lemma="strong:H7225">beginning</w>, '
+                   '<w lemma="strong:H0430">God</w><note placement="foot"><reference type="annotateRef">1:1 </reference>The '
+                   'Hebrew word rendered “God” is “אֱלֹהִ֑ים” (Elohim).</note><w lemma="strong:H1254">created</w> '
+                   '<w lemma="strong:H0853">the</w> <w lemma="strong:H8064">heavens</w> <w lemma="strong:H0430">and</w> '
+                   '<w lemma="strong:H0853">the</w> <w lemma="strong:H0776">earth</w>. ')
+    assert osis_plain(web_gen_1_1) == "In the beginning, God created the heavens and the earth."
+    web_ps_3_1 = ('<div type="x-milestone" subType="x-preverse" sID="pv4877"/><title canonical="true" type="psalm">A Psalm '
+                  'by David, when he fled from Absalom his son.</title> <lg sID="gen7860"/> <l level="1" sID="gen7861"/><div '
+                  'type="x-milestone" subType="x-preverse" eID="pv4877"/>Yahweh, how <w lemma="strong:H1732">my</w> '
+                  'adversaries <w lemma="strong:H1121">have</w> increased!<l eID="gen7861" level="1"/> <l level="2" '
+                  'sID="gen7862"/>Many <w lemma="strong:H1121">are</w> <w lemma="strong:H1121">those</w> <w lemma="strong:H1121">who'
+                  '</w> rise <w lemma="strong:H1121">up</w> <w lemma="strong:H6440">against</w> <w lemma="strong:H6440">me</w>. '
+                  '<l eID="gen7862" level="2"/>')
+    assert osis_plain(web_ps_3_1) == "Yahweh, how my adversaries have increased! Many are those who rise up against me."
+    web_mt_11_5 = ('<w lemma="strong:G2974">deaf</w> <w lemma="strong:G0191">hear</w>,</q><note type="crossReference"><reference '
+                   'subType="x-origin" type="annotateRef">11:5 </reference><reference>Isaiah 35:5</reference></note><q marker="" '
+                   'who="Jesus"><w lemma="strong:G2532">the</w> <w lemma="strong:G3498">dead</w>')
+    assert osis_plain(web_mt_11_5) == "deaf hear, the dead"
+    # WEB's glossary follows Revelation 22:21 inside the verse, after the book's end
+    web_rev_22_21 = ('<w lemma="strong:G3956">all</w> <w lemma="strong:G3956">the</w> saints. Amen.  <chapter eID="Rev.22"/><div '
+                     'eID="gen35836" type="x-p"/> <div canonical="true" eID="gen35575" osisID="Rev" type="book"/> <div '
+                     'sID="gen35837" type="glossary"/> <title level="1" type="main">World English Bible Glossary</title> The '
+                     'following words used in the World English Bible (WEB) are not very common')
+    assert osis_plain(web_rev_22_21) == "all the saints. Amen."
+
+
+def test_osis_speakers_divine_names_and_strongs_as_diatheke_prints_them():
+    # a speaker before the verse goes with the pre-verse matter; one inside it is printed as text
+    song_1_4 = ('<l level="1" sID="gen15624"/>The king has brought me into his rooms.<l eID="gen15624" level="1"/> <lg '
+                'eID="gen15620"/> <speaker>Friends</speaker> <lg sID="gen15626"/> <l level="1" sID="gen15627"/>We <w '
+                'lemma="strong:H4428">will</w> <w lemma="strong:H4428">be</w> glad')
+    assert osis_plain(song_1_4) == "The king has brought me into his rooms. Friends We will be glad"
+    # "Lord" as plain text in a divine name is printed in capitals; around a <w> it is printed as it is
+    kjv_num_23_15 = ('while I <w lemma="strong:H7136">meet</w> <transChange type="added">the <seg type="x-nested"><divineName>'
+                     'Lord</divineName></seg></transChange> <w lemma="strong:H3541">yonder</w>. ')
+    assert osis_plain(kjv_num_23_15) == "while I meet the LORD yonder."
+    kjv_ex_9_29 = 'is</transChange> the <divineName><w lemma="strong:H3068">LORD’s</w></divineName>. '
+    assert osis_plain(kjv_ex_9_29) == "is the LORD’s."
+    # a word's second Strong's number is printed after it, and clean_text's rule for those applies: "dínoslo"
+    spa_lk_22_67 = ('<w lemma="strong:G5547">Cristo</w>? <w lemma="strong:G2036 G2254">dínos</w><transChange '
+                    'type="added">lo</transChange>. <w lemma="strong:G1161">Y</w>')
+    assert osis_plain(spa_lk_22_67) == "Cristo? dínoslo. Y"
+    spa_2sa_11_1 = ('<w lemma="strong:H3318">que salen</w> <w lemma="strong:H4428 H4397">los reyes</w><transChange '
+                    'type="added">á la guerra</transChange>, <w lemma="strong:H1732">que David</w>')
+    assert osis_plain(spa_2sa_11_1) == "que salen los reyes á la guerra, que David"
+    assert osis_plain("Tom &amp; Jerry <w>x</w>") == "Tom & Jerry x"
+
+
+def test_pysword_keys():
+    assert bible._parse_key("Genesis-Revelation") == (list(BOOKS), None, None)
+    assert bible._parse_key("Ruth-1 Samuel") == (["Ruth", "1 Samuel"], None, None)
+    assert bible._parse_key("I Samuel 3") == (["1 Samuel"], 3, None)
+    assert bible._parse_key("Psalm 23:1") == (["Psalms"], 23, 1)
+    with pytest.raises(BibleError, match="'Hezekiah 1'"):
+        bible._parse_key("Hezekiah 1")
+
+
+def test_the_reader_can_be_chosen(monkeypatch):
+    monkeypatch.setenv("ARCHLAB_BIBLE_READER", "pysword")
+    assert bible.bible_reader() == "pysword"
+    monkeypatch.setenv("ARCHLAB_BIBLE_READER", "sword")
+    with pytest.raises(BibleError, match="ARCHLAB_BIBLE_READER='sword'"):
+        bible.bible_reader()
+
+
 def test_deuterocanon_dropped_and_book_names_normalised():
     out = (
         "A praise psalm by David. [] \n"
@@ -229,9 +310,10 @@ def test_prepare_bible_files_without_diatheke(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == first
 
 
-def test_missing_diatheke_says_what_to_install(monkeypatch):
+def test_missing_readers_say_what_to_install(monkeypatch):
     monkeypatch.setattr(bible.shutil, "which", lambda cmd: None)
-    with pytest.raises(BibleError, match="apt-get install diatheke sword-text-web"):
+    monkeypatch.setitem(sys.modules, "pysword", None)  # neither diatheke nor pysword
+    with pytest.raises(BibleError, match=r"apt-get install diatheke sword-text-web.*pip install pysword"):
         read_module(WEB, "Jonah 1:1")
 
 
@@ -340,3 +422,31 @@ def test_real_corpus_text(web):
     assert len(lines) == sum(bool(v.text) for v in web)
     assert lines[0] == "In the beginning, God created the heavens and the earth."
     assert text.endswith("with all the saints. Amen.\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# real data: the pysword reader gives diatheke's verses
+
+def require_pysword() -> None:
+    require_data(importlib.util.find_spec("pysword") is not None, "pysword (pip install pysword; a dependency)")
+
+
+@pytest.mark.parametrize("module", [WEB, SPA, KJV])
+def test_real_pysword_equals_diatheke_on_every_verse(module, web, spa, kjv):
+    require_pysword()
+    got = read_module(module, reader="pysword")
+    assert got == {WEB: web, SPA: spa, KJV: kjv}[module]  # all 66 books, every verse, character for character
+    assert len(got) > 31_000
+
+
+def test_real_pysword_keys_and_missing_diatheke(monkeypatch):
+    require_command("diatheke", "diatheke")
+    require_pysword()
+    for key in ("John 1:1", "Ruth-1 Samuel", "Psalm 23", "Jonah 2", "Matthew-Revelation"):
+        assert read_module(WEB, key, reader="pysword") == read_module(WEB, key, reader="diatheke"), key
+    monkeypatch.setattr(bible.shutil, "which", lambda cmd: None)  # no diatheke: pysword reads
+    assert bible.bible_reader() == "pysword"
+    assert read_module(SPA, "Jonah 1:1")[0].text.startswith("Y FUÉ palabra de Jehová á Jonás")
+    assert {WEB, SPA, KJV} <= set(bible.installed_modules())
+    with pytest.raises(BibleError, match=r"'engNOPE' is not installed.*installed: .*engWEB2015eb"):
+        read_module("engNOPE")

@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the whole article end to end with real data; one HTML report")
     s.add_argument("--quick", action="store_true", help="at most ~2 minutes")
     s.add_argument("--out", help="output folder (default runs/demo-<timestamp>)")
+    s.add_argument("--check-data", action="store_true", help="only check that every step's data is there (exit 2 if not)")
     s.set_defaults(func=cmd_demo)
     return p
 

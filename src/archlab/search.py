@@ -8,6 +8,10 @@ Beam search follows fairseq: at each step the 2K best continuations of the K bea
 end-of-sentence among the first K finishes a hypothesis, the K best others go on. A sentence stops
 when it has K finished hypotheses or reaches its length limit; the winner has the best score
 normalised by the GNMT length penalty ((5 + length) / 6) ** alpha. With K = 1 this is greedy search.
+
+An undertrained model loops ("or or or or ..."). `no_repeat_ngram=n` (off by default, as in the recipes and
+benchmarks) forbids any token that would repeat an n-gram the output already holds, as fairseq's and Hugging
+Face's `no_repeat_ngram_size`: a decoding guard that hides the symptom, not a better model.
 """
 from __future__ import annotations
 
@@ -36,12 +40,26 @@ def _reorder(caches: list, index: Tensor) -> None:
         cross_cache.reorder(index)
 
 
+def ban_repeats(logits: Tensor, seqs: Tensor, n: int) -> Tensor:
+    """logits: (R, V) next-token scores; seqs: (R, t) the tokens generated so far. -> logits with -inf at every
+    token that would complete an n-gram already in its row."""
+    t = seqs.size(1)
+    if n < 1 or t < n:
+        return logits
+    windows = seqs.unfold(1, n, 1)  # (R, t - n + 1, n): every n-gram so far
+    seen = (windows[:, :, :-1] == seqs[:, None, t - n + 1:]).all(-1)  # (R, t - n + 1): it starts like the tail
+    # counts, not a bool scatter: two n-grams may end in the same token, one seen and one not
+    hits = torch.zeros_like(logits, dtype=torch.long).scatter_add_(1, windows[:, :, -1], seen.long())
+    return logits.masked_fill(hits > 0, float("-inf"))
+
+
 def _cut(row: list[int], eos: int) -> list[int]:
     return row[:row.index(eos)] if eos in row else row
 
 
 @torch.inference_mode()
-def greedy_search(model: nn.Module, src: Tensor, bos: int, eos: int, max_len: Tensor) -> list[list[int]]:
+def greedy_search(model: nn.Module, src: Tensor, bos: int, eos: int, max_len: Tensor,
+                  no_repeat_ngram: int = 0) -> list[list[int]]:
     """src: (B, S) padded token ids; max_len: (B,) most tokens per output. -> B token lists (no bos/eos)."""
     B, steps = src.size(0), int(max_len.max())
     memory, mask, caches = _start(model, src, 1, steps)
@@ -49,7 +67,10 @@ def greedy_search(model: nn.Module, src: Tensor, bos: int, eos: int, max_len: Te
     alive = torch.arange(B)  # sentences still decoding, as rows of `out`
     token = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
     for t in range(steps):
-        nxt = model.decode(token, memory, mask, caches)[:, -1].argmax(-1)  # (b,)
+        logits = model.decode(token, memory, mask, caches)[:, -1]  # (b, V)
+        if no_repeat_ngram:
+            logits = ban_repeats(logits, out[alive, :t].to(logits.device), no_repeat_ngram)
+        nxt = logits.argmax(-1)  # (b,)
         out[alive, t] = nxt.cpu()
         keep = (nxt != eos) & (t + 1 < max_len[alive].to(nxt.device))
         if not keep.any():
@@ -64,7 +85,7 @@ def greedy_search(model: nn.Module, src: Tensor, bos: int, eos: int, max_len: Te
 
 @torch.inference_mode()
 def beam_search(model: nn.Module, src: Tensor, bos: int, eos: int, max_len: Tensor, beam: int = 4,
-                length_penalty: float = 0.6) -> list[list[int]]:
+                length_penalty: float = 0.6, no_repeat_ngram: int = 0) -> list[list[int]]:
     """As greedy_search, keeping `beam` hypotheses per sentence; returns the best finished one."""
     B, K, steps = src.size(0), beam, int(max_len.max())
     memory, mask, caches = _start(model, src, K, steps)
@@ -79,6 +100,8 @@ def beam_search(model: nn.Module, src: Tensor, bos: int, eos: int, max_len: Tens
     for t in range(steps):
         b = len(alive)
         logp = model.decode(token, memory, mask, caches)[:, -1].float().log_softmax(-1)  # (b*K, V)
+        if no_repeat_ngram:
+            logp = ban_repeats(logp, seqs[:, :t], no_repeat_ngram)
         V = logp.size(-1)
         top, idx = (scores[:, :, None] + logp.view(b, K, V)).view(b, K * V).topk(2 * K, dim=-1)  # (b, 2K)
         src_beam, tok = idx // V, idx % V

@@ -1,8 +1,14 @@
-"""Verse-aligned Bibles from the SWORD modules installed by Debian, read through `diatheke`.
+"""Verse-aligned Bibles from installed SWORD modules, read through `diatheke` or, without it, in pure
+Python with `pysword`.
 
 Two uses: parallel text for machine translation (e.g. Spanish spaRV1909eb -> English
 engWEB2015eb, aligned by book/chapter/verse) and plain text for LM pretraining (`bible-web` =
 engWEB2015eb, `bible-kjv` = engKJV2006eb).
+
+Two readers give the same verses, character for character (checked on the whole of the three modules
+in tests/test_bible.py): `diatheke` (Debian's SWORD front end; used when installed) and `pysword` (a pure
+Python reader of the module files: for machines without diatheke, e.g. modules unzipped under ~/.sword).
+$ARCHLAB_BIBLE_READER=diatheke|pysword chooses one.
 
 `diatheke -f plain` prints one `Book C:V: text` line per verse, with quirks that parse_plain
 undoes (each has a unit test on real output in tests/test_bible.py):
@@ -12,10 +18,11 @@ undoes (each has a unit test on real output in tests/test_bible.py):
     line, which is then indented. The title is not verse text; it is dropped everywhere (also
     above a psalm's first verse: the English modules number titles as no verse; RV1909 puts the
     title inside verse 1, which this cannot change).
-  - footnotes: plain output deletes a note without leaving a space, gluing the words around it
-    ("Godcreated", "YahwehGod"). We run `-o f`, which prints each note inline as
-    `God [1:1 The Hebrew word ...] created`, and cut the notes out ourselves (only brackets that
-    open with a chapter:verse / chapter.verse reference, so KJV's "[but]" stays).
+  - footnotes and cross-references: plain output deletes a note without leaving a space, gluing the
+    words around it ("Godcreated", "YahwehGod", "hear,the dead"). We run `-o fs`, which prints each
+    footnote and cross-reference inline as `God [1:1 The Hebrew word ...] created`, and cut the notes
+    out ourselves (only brackets that open with a chapter:verse / chapter.verse reference, so KJV's
+    "[but]" stays).
   - Strong's numbers like `<G3588>` / `<H0398>` leak into RV1909 -> stripped.
   - an empty verse keeps its reference line (sometimes behind raw OSIS markup): kept with text ""
     so align() can count it.
@@ -24,11 +31,14 @@ undoes (each has a unit test on real output in tests/test_bible.py):
     are mapped to BOOKS.
   - back matter: WEB ends with a glossary (one long indented line after Revelation 22:21) and
     every module ends with a `(moduleName)` line; neither is verse text.
+The pysword reader gets each verse's OSIS markup and renders it as diatheke does (osis_plain).
 """
 from __future__ import annotations
 
 import functools
+import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -61,10 +71,13 @@ TEST_BOOKS: tuple[str, ...] = ("Ruth", "Ecclesiastes", "Joel", "Amos",
                                "1 Corinthians", "Galatians", "James")
 
 INSTALL_HINT = "apt-get install diatheke sword-text-web sword-text-kjv sword-text-sparv"
+PYSWORD_HINT = ("or, without Debian, `pip install pysword` and unzip the SWORD modules into ~/.sword "
+                "(README, Data without Debian)")
+READERS = ("diatheke", "pysword")
 
 
 class BibleError(DataError):
-    """diatheke or a SWORD module is missing; the message says what to install."""
+    """diatheke/pysword or a SWORD module is missing; the message says what to install."""
 
 
 @dataclass(frozen=True)
@@ -151,39 +164,150 @@ def parse_plain(text: str) -> list[Verse]:
 
 
 # ---------------------------------------------------------------------------------------------
-# running diatheke
+# reading a module: diatheke, or pysword
+
+def bible_reader() -> str:
+    """The reader read_module uses: $ARCHLAB_BIBLE_READER, else diatheke when installed, else pysword."""
+    chosen = os.environ.get("ARCHLAB_BIBLE_READER", "")
+    if chosen:
+        if chosen not in READERS:
+            raise BibleError(f"ARCHLAB_BIBLE_READER={chosen!r}: use one of {', '.join(READERS)}")
+        return chosen
+    if shutil.which("diatheke") is not None:
+        return "diatheke"
+    try:
+        import pysword  # noqa: F401
+    except ImportError:
+        raise BibleError(f"neither diatheke nor pysword is installed; install the Bibles with `{INSTALL_HINT}`, "
+                         f"{PYSWORD_HINT}") from None
+    return "pysword"
+
 
 def _run(args: list[str]) -> str:
     exe = shutil.which("diatheke")
     if exe is None:
-        raise BibleError(f"diatheke not found; install it and the Bibles with `{INSTALL_HINT}`")
+        raise BibleError(f"diatheke not found; install it and the Bibles with `{INSTALL_HINT}`, {PYSWORD_HINT}")
     out = subprocess.run([exe, *args], capture_output=True, text=True, encoding="utf-8")
     if out.returncode != 0:
         raise BibleError(f"diatheke {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
     return out.stdout
 
 
-def installed_modules() -> list[str]:
-    """Names of the installed SWORD modules (`diatheke -b system -k modulelistnames`)."""
+def installed_modules(reader: str | None = None) -> list[str]:
+    """Names of the installed SWORD modules (`diatheke -b system -k modulelistnames`, or pysword's)."""
+    if (reader or bible_reader()) == "pysword":
+        return sorted(_sword_library()[1])
     return _run(["-b", "system", "-k", "modulelistnames"]).split()
 
 
 @functools.lru_cache(maxsize=8)   # WEB takes ~5 s; the output str is immutable, so sharing is safe
 def _plain(module: str, key: str) -> str:
-    # -o f prints footnotes inline, so cutting them out cannot glue words (see module docstring).
-    # Checked on the whole Bible: it changes nothing in spaRV1909eb, and in engKJV2006eb only adds
-    # notes that clean_text removes again.
-    return _run(["-b", module, "-f", "plain", "-o", "f", "-k", key])
+    # -o fs prints footnotes and cross-references inline, so cutting them out cannot glue words (see
+    # the module docstring). Checked on the whole Bible: it changes nothing in spaRV1909eb, and in
+    # engKJV2006eb only adds notes that clean_text removes again.
+    return _run(["-b", module, "-f", "plain", "-o", "fs", "-k", key])
 
 
-def read_module(module: str, books: str = "Genesis-Revelation") -> list[Verse]:
-    """The verses of `books` (a diatheke key: "Genesis-Revelation", "Ruth-1 Samuel", "Jonah")
-    in SWORD module `module`, cleaned; empty verses included with text ""."""
-    if module not in (mods := installed_modules()):
-        # diatheke itself prints nothing and exits 0 for an unknown module
-        raise BibleError(f"SWORD module {module!r} is not installed (installed: "
-                         f"{', '.join(mods) or 'none'}); install one with `{INSTALL_HINT}`")
-    verses = parse_plain(_plain(module, books))
+def sword_paths() -> list[Path]:
+    """Folders holding SWORD modules (mods.d/*.conf), the later ones winning: Debian's, ~/.sword, $SWORD_PATH."""
+    candidates = [Path("/usr/share/sword"), Path.home() / ".sword"]
+    candidates += [Path(p) for p in os.environ.get("SWORD_PATH", "").split(os.pathsep) if p]
+    return list(dict.fromkeys(p for p in candidates if (p / "mods.d").is_dir()))
+
+
+def _sword_library():
+    """(pysword's SwordModules over sword_paths(), {module: its conf}) for the Bible text modules found."""
+    try:
+        from pysword.modules import SwordModules
+    except ImportError:
+        raise BibleError(f"pysword is not installed (`pip install pysword`); or install diatheke and the Bibles "
+                         f"with `{INSTALL_HINT}`") from None
+    library = SwordModules([str(p) for p in sword_paths()])
+    confs = library.parse_modules()
+    texts = {name: conf for name, conf in confs.items()
+             if "datapath" in conf and conf.get("moddrv", "").lower() in ("ztext", "ztext4", "rawtext", "rawtext4")}
+    return library, texts
+
+
+# The modules' OSIS markup -> the text diatheke's plain renderer prints, then clean_text as for diatheke.
+# What the renderer does, found by comparing the two on every verse of the three modules:
+_PREVERSE = re.compile(r'<div type="x-milestone" subType="x-preverse" sID="([^"]*)"/>.*?'
+                       r'<div type="x-milestone" subType="x-preverse" eID="\1"/>', re.S)  # printed before the verse
+_BOOK_END = re.compile(r'<div\b(?=[^>]*\beID=)(?=[^>]*\btype="book")[^>]*/>.*', re.S)  # back matter (WEB's glossary)
+_NOTE_OR_TITLE = re.compile(r"<(note|title)\b[^>]*(?<!/)>.*?</\1>", re.S)  # notes cut (-o fs), titles on their line
+_DIVINE_NAME = re.compile(r"<divineName>([^<]*)</divineName>")  # "Lord" as text is printed "LORD"
+_STRONGS_WORD = re.compile(r'<w\b[^>]*?\blemma="([^"]*)"[^>]*>(.*?)</w>', re.S)
+_TAG = re.compile(r"<(?![GH]\d+>)[^>]*>")
+
+
+def _strongs_word(m: re.Match) -> str:
+    # diatheke hides a word's first Strong's number and prints the others after it: "reyes <H4397>"
+    extra = [x.removeprefix("strong:") for x in m[1].split()[1:]] if m[1].startswith("strong:") else []
+    return m[2] + "".join(f" <{x}>" for x in extra)
+
+
+def osis_plain(markup: str) -> str:
+    """One verse's OSIS markup -> its clean text, as diatheke -f plain -o fs and clean_text give it."""
+    text = _BOOK_END.sub("", _PREVERSE.sub("", markup))
+    text = _NOTE_OR_TITLE.sub(" ", text)
+    text = _DIVINE_NAME.sub(lambda m: m[1].upper(), text)
+    text = _TAG.sub("", _STRONGS_WORD.sub(_strongs_word, text))
+    return clean_text(html.unescape(text))
+
+
+def _parse_key(key: str) -> tuple[list[str], int | None, int | None]:
+    """A diatheke key the pysword reader understands -> (books, chapter, verse): "Genesis-Revelation",
+    "Ruth-1 Samuel", "Jonah", "John 3", "John 3:16"."""
+    first, dash, last = key.partition("-")
+    a, b = canonical_book(first.strip()), canonical_book(last.strip())
+    if dash and a and b and BOOKS.index(a) <= BOOKS.index(b):
+        return list(BOOKS[BOOKS.index(a):BOOKS.index(b) + 1]), None, None
+    m = re.fullmatch(r"(.+?)(?: (\d+)(?::(\d+))?)?", key.strip())
+    book = canonical_book(m[1]) if m else None
+    if book is None:
+        raise BibleError(f"key {key!r}: the pysword reader takes a book, a range of books (\"Matthew-Revelation\") "
+                         f"or \"Book C\" / \"Book C:V\", with the book names of archlab.data.bible.BOOKS")
+    return [book], int(m[2]) if m[2] else None, int(m[3]) if m[3] else None
+
+
+@functools.lru_cache(maxsize=8)
+def _sword_verses(module: str, key: str) -> tuple[Verse, ...]:
+    library, texts = _sword_library()
+    if module not in texts:
+        raise BibleError(f"SWORD module {module!r} is not installed in {', '.join(map(str, sword_paths())) or '~/.sword'} "
+                         f"(installed: {', '.join(sorted(texts)) or 'none'}); install one with `{INSTALL_HINT}`, "
+                         f"{PYSWORD_HINT}")
+    bible = library.get_bible_from_module(module)
+    # pysword decompresses a whole block (a book) again for every verse: keep the last few blocks
+    bible._decompressed_text = functools.lru_cache(maxsize=4)(bible._decompressed_text)
+    structure = {canonical_book(b.name): b for books in bible.get_structure().get_books().values() for b in books}
+    names, chapter, verse = _parse_key(key)
+    verses = []
+    for name in names:
+        book = structure.get(name)
+        if book is None:  # a deuterocanonical book, or a testament the module lacks
+            continue
+        chapters = [chapter] if chapter else range(1, book.num_chapters + 1)
+        if chapter and not (1 <= chapter <= book.num_chapters and (verse or 1) <= book.chapter_lengths[chapter - 1]):
+            raise BibleError(f"key {key!r}: {name} has {book.num_chapters} chapters in {module}'s versification")
+        refs = [(c, v) for c in chapters for v in ([verse] if verse else range(1, book.chapter_lengths[c - 1] + 1))]
+        markup = bible.get_iter(books=[book.name], chapters=chapter, verses=verse, clean=False)
+        verses += [Verse(name, c, v, osis_plain(m)) for (c, v), m in zip(refs, markup, strict=True)]
+    return tuple(verses)
+
+
+def read_module(module: str, books: str = "Genesis-Revelation", reader: str | None = None) -> list[Verse]:
+    """The verses of `books` (a diatheke key: "Genesis-Revelation", "Ruth-1 Samuel", "Jonah", "John 1:1")
+    in SWORD module `module`, cleaned; empty verses included with text "". reader: diatheke or pysword
+    (default: bible_reader())."""
+    if (reader or bible_reader()) == "pysword":
+        verses = list(_sword_verses(module, books))
+    else:
+        if module not in (mods := installed_modules("diatheke")):
+            # diatheke itself prints nothing and exits 0 for an unknown module
+            raise BibleError(f"SWORD module {module!r} is not installed (installed: "
+                             f"{', '.join(mods) or 'none'}); install one with `{INSTALL_HINT}`")
+        verses = parse_plain(_plain(module, books))
     if not verses:
         raise BibleError(f"module {module!r} has no verses of the 66 books for key {books!r}")
     return verses
