@@ -2,13 +2,12 @@
 and run under DDP and FSDP through the real Trainer, with no archlab task, model or layer involved."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from conftest import torchrun
 from engine_stub import train_stub
 
 TESTS = Path(__file__).resolve().parent
@@ -49,9 +48,7 @@ def test_two_processes_equal_one_under_ddp_and_fsdp(tmp_path):
     train_stub(tmp_path / "one", max_steps=6)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(TESTS)]), "OMP_NUM_THREADS": "1"}
     for strategy in ("ddp", "fsdp"):
-        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            str(TESTS / "engine_stub.py"), str(tmp_path / strategy), strategy, "6"],
-                           env=env, capture_output=True, text=True)
+        r = torchrun([str(TESTS / "engine_stub.py"), str(tmp_path / strategy), strategy, "6"], env)
         assert r.returncode == 0, r.stderr[-3000:]
         one, two = weights(tmp_path / "one"), weights(tmp_path / strategy)
         assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-6, strategy

@@ -20,6 +20,8 @@ from archlab.train import checkpoint as ckpt
 from archlab.train.config import TrainConfig
 from archlab.train.optim import build_optimizer, lr_lambda
 
+from conftest import torchrun
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -193,9 +195,7 @@ def test_two_process_ddp_and_fsdp_equal_one_process(tmp_path):
     for name, strategy in (("ddp", "ddp"), ("fsdp", "fsdp")):
         cfg = tmp_path / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump({**run, "train": {**run["train"], "distributed": strategy}}))
-        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            "-m", "archlab", "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / name)],
-                           env=env, capture_output=True, text=True)
+        r = torchrun(["-m", "archlab", "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / name)], env)
         assert r.returncode == 0, r.stderr[-3000:]
     subprocess.run([sys.executable, "-m", "archlab", "train", str(tmp_path / "ddp.yaml"), "--quiet", "--run-dir",
                     str(tmp_path / "one")], env=env, check=True, capture_output=True)
@@ -229,11 +229,10 @@ def test_fsdp_with_lora_trains_saves_resumes_and_equals_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     cfg = tmp_path / "lora.yaml"
     cfg.write_text(yaml.safe_dump({**run, "train": {**run["train"], "distributed": "fsdp"}}))
-    fsdp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "archlab",
-            "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / "fsdp")]
-    first = subprocess.run([*fsdp, "--set", "train.max_steps=2"], env=env, capture_output=True, text=True)
+    fsdp = ["-m", "archlab", "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / "fsdp")]
+    first = torchrun([*fsdp, "--set", "train.max_steps=2"], env)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = subprocess.run([*fsdp, "--resume"], env=env, capture_output=True, text=True)
+    resumed = torchrun([*fsdp, "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     subprocess.run([sys.executable, "-m", "archlab", "train", str(cfg), "--quiet", "--run-dir", str(tmp_path / "one")],
                    env=env, check=True, capture_output=True)

@@ -12,6 +12,7 @@ or nn/. What is model-specific reaches it through small hooks a model may define
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -245,36 +246,44 @@ class Trainer:
         plan, plan_epoch = None, -1
         stop = False
         try:
-            if self.initial_eval and not resumed:  # a fine-tuning run shows where its checkpoint starts
-                stop = self._evaluate_and_save()
-            while not stop and self.step < self.total_steps:
-                if plan_epoch != self.epoch:
-                    plan, plan_epoch = self.task.epoch_plan(self.epoch, cfg.batch_size, cfg.seed), self.epoch
-                if self.batch_in_epoch >= len(plan):
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    if cfg.eval_every == 0:
-                        stop = self._evaluate_and_save()
-                    continue
-                t0 = time.perf_counter()
-                loss, units = self._train_step(plan[self.batch_in_epoch])
-                self.train_seconds += time.perf_counter() - t0
-                self.units += units
-                self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
-                self._log_train(loss, write=self.step % cfg.log_every == 0 or self.step == 1)
-                at_end = self.step >= self.total_steps
-                if cfg.max_seconds and self.train_seconds >= cfg.max_seconds:
-                    at_end = stop = True
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
-                    stop = self._evaluate_and_save() or stop
-                elif cfg.save_every and self.step % cfg.save_every == 0:
-                    self._save()
-                    barrier(self.dist)
-                stop = broadcast_object(stop, self.dist)
+            try:
+                if self.initial_eval and not resumed:  # a fine-tuning run shows where its checkpoint starts
+                    stop = self._evaluate_and_save()
+                while not stop and self.step < self.total_steps:
+                    if plan_epoch != self.epoch:
+                        plan, plan_epoch = self.task.epoch_plan(self.epoch, cfg.batch_size, cfg.seed), self.epoch
+                    if self.batch_in_epoch >= len(plan):
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                        if cfg.eval_every == 0:
+                            stop = self._evaluate_and_save()
+                        continue
+                    t0 = time.perf_counter()
+                    loss, units = self._train_step(plan[self.batch_in_epoch])
+                    self.train_seconds += time.perf_counter() - t0
+                    self.units += units
+                    self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
+                    self._log_train(loss, write=self.step % cfg.log_every == 0 or self.step == 1)
+                    at_end = self.step >= self.total_steps
+                    if cfg.max_seconds and self.train_seconds >= cfg.max_seconds:
+                        at_end = stop = True
+                    if (cfg.eval_every and self.step % cfg.eval_every == 0) or at_end:
+                        stop = self._evaluate_and_save() or stop
+                    elif cfg.save_every and self.step % cfg.save_every == 0:
+                        self._save()
+                        barrier(self.dist)
+                    stop = broadcast_object(stop, self.dist)
+            finally:
+                self.log.stop()
+            return self._finish()
         finally:
-            self.log.stop()
-        result = self._finish()
+            self._release_distributed()
+
+    def _release_distributed(self) -> None:
+        """DDP's reducer must not outlive the process group: freed last, it destroys the gloo group with the GIL
+        held while a gloo thread waits for the GIL to free a finished broadcast (a hang, about 1 run in 6)."""
+        self.wrapped = self.train_model = None
+        gc.collect()
         shutdown(self.dist)
-        return result
 
     def _train_step(self, refs: list[Any]) -> tuple[float, float]:
         cfg, world = self.cfg, self.dist.world
