@@ -349,3 +349,11 @@ def set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
             raise ConfigError(f"--set {brief_repr('.'.join(path))}: {brief_repr(part)} is not a section")
         node = nxt
     node[path[-1]] = value
+
+
+def at_least_one(obj: Any, keys: tuple[str, ...]) -> None:
+    """Each of `obj`'s fields named in `keys` is at least 1 (None, where a field allows it, means "not set")."""
+    for key in keys:
+        value = getattr(obj, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")

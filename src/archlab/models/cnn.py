@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..config import at_least_one
 from ..errors import ConfigError
 from ..nn.conv import ConvBlock, ResidualBlock
 from .flops import Cost
@@ -27,9 +28,7 @@ class StageConfig:
     pool: Literal["none", "max", "avg"] = "none"
 
     def validate(self) -> None:
-        for key in ("channels", "kernel", "stride", "blocks"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("channels", "kernel", "stride", "blocks"))
         if self.padding < 0:
             raise ConfigError(f"padding must be at least 0, got {self.padding}")
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..config import at_least_one
 from ..errors import ConfigError
 from ..nn.block import BlockConfig, MLAConfig, MoEConfig, build_ffn, build_self_attention
 from ..nn.feedforward import GATES, MoE, swiglu_hidden
@@ -44,9 +45,7 @@ class GatedDeltaNetOptions:
     chunk_size: int = 32
 
     def validate(self) -> None:
-        for key in ("n_k_heads", "n_v_heads", "head_k_dim", "head_v_dim", "conv_kernel", "chunk_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("n_k_heads", "n_v_heads", "head_k_dim", "head_v_dim", "conv_kernel", "chunk_size"))
         if self.n_v_heads % self.n_k_heads:
             raise ConfigError(f"n_k_heads={self.n_k_heads} must divide n_v_heads={self.n_v_heads}")
 
@@ -119,9 +118,7 @@ class HybridConfig(FamilyConfig):
     def validate(self) -> None:
         if not self.layers:
             raise ConfigError("layers must list at least one layer (mamba2, gated_deltanet, attention or mla)")
-        for key in ("d_model", "max_seq_len"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("d_model", "max_seq_len"))
         if self.vocab_size is not None and self.vocab_size < 1:
             raise ConfigError(f"vocab_size must be positive, got {self.vocab_size}")
         if self.norm_eps <= 0:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..config import at_least_one
 from ..errors import ConfigError, HFImportError
 from ..nn.ssm import Mamba2Cache, Mamba2Mixer, mamba2_forward_flops
 from .flops import Cost
@@ -33,9 +34,7 @@ class Mamba2Options:
     chunk_size: int = 64  # SSD chunk Q (HF and mamba_ssm: 256, for GPUs; the math does not depend on it)
 
     def validate(self) -> None:
-        for key in ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size"))
 
     def check_width(self, d_model: int, prefix: str = "") -> None:
         """The head split of expand * d_model; ConfigError naming the keys (prefix: 'mamba2.' in a hybrid)."""
@@ -98,9 +97,7 @@ class Mamba2Config(Mamba2Options, FamilyConfig):
 
     def validate(self) -> None:
         super().validate()
-        for key in ("d_model", "n_layers", "max_seq_len"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("d_model", "n_layers", "max_seq_len"))
         if self.vocab_size is not None and self.vocab_size < 1:
             raise ConfigError(f"vocab_size must be positive, got {self.vocab_size}")
         if self.norm_eps <= 0:

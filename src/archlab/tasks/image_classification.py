@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import at_least_one
 from ..data import images as img
 from ..errors import ConfigError, DataError
 from .base import ClassificationTask, epoch_generator, model_device, read_labels
@@ -34,9 +35,7 @@ class ImageDataConfig:
     def validate(self) -> None:
         if self.dataset not in ("fashion-mnist", "mnist", "digits"):
             raise ConfigError(f"dataset: {self.dataset!r} is not one of 'fashion-mnist', 'mnist', 'digits'")
-        for key in ("train_subset", "test_subset", "eval_batch_size"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("train_subset", "test_subset", "eval_batch_size"))
         if not 0 < self.valid_frac < 1:
             raise ConfigError(f"valid_frac must be in (0, 1), got {self.valid_frac}")
         if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):

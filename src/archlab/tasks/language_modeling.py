@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ConfigError
+from ..config import ConfigError, at_least_one
 from ..data.tokenizer import Tokenizer
 from ..models import replace_config
 from .base import IGNORE, Task, epoch_generator, model_device
@@ -37,9 +37,7 @@ class LMDataConfig:
     def validate(self) -> None:
         if not 0 < self.valid_frac < 1:
             raise ConfigError(f"valid_frac must be in (0, 1), got {self.valid_frac}")
-        for key in ("vocab_size", "steps_per_epoch", "eval_batches", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("vocab_size", "steps_per_epoch", "eval_batches", "eval_batch_size"))
         for key in ("block_size", "max_chars"):
             if getattr(self, key) is not None and getattr(self, key) < 2:
                 raise ConfigError(f"{key} must be at least 2, got {getattr(self, key)}")

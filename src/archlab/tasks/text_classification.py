@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import at_least_one
 from ..data.text import load_fortunes_split, read_labelled
 from ..data.tokenizer import Tokenizer
 from ..errors import ConfigError, DataError
@@ -40,9 +41,7 @@ class TextDataConfig:
     def validate(self) -> None:
         if self.max_len < 4:
             raise ConfigError(f"max_len must be at least 4, got {self.max_len}")
-        for key in ("vocab_size", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("vocab_size", "eval_batch_size"))
         if self.tokenizer not in ("bpe", "char") and not self.tokenizer.endswith(".json"):
             raise ConfigError(f"tokenizer: 'bpe', 'char' or a path to a tokenizer.json, got {self.tokenizer!r}")
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from ..config import at_least_one
 from ..data.text import read_parallel
 from ..data.tokenizer import Tokenizer
 from ..errors import ConfigError, DataError
@@ -55,14 +56,10 @@ class TranslationDataConfig:
     test_sentences: int | None = None  # score only this many test pairs, spread over the split (demos)
 
     def validate(self) -> None:
-        for key in ("vocab_size", "max_tokens", "eval_sentences", "eval_batch_size", "beam"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("vocab_size", "max_tokens", "eval_sentences", "eval_batch_size", "beam"))
         if self.vocab_size < 300:
             raise ConfigError(f"vocab_size must be at least 300 (256 bytes + specials), got {self.vocab_size}")
-        for key in ("max_len", "test_sentences"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        at_least_one(self, ("max_len", "test_sentences"))
         if self.beam > MAX_BEAM:
             raise ConfigError(f"beam must be at most {MAX_BEAM}, got {self.beam} ({BEAM_CAP_WHY})")
         if not 0 < self.max_len_ratio < math.inf:
