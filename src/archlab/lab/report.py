@@ -130,8 +130,10 @@ def write_report(out: Path, s: dict[str, Any]) -> Path:
     lines += ["", "## How to read this", "",
               "- mean ± the 95% t-interval over seeds. Seed k of every variant starts from the same seed and sees the "
               "same data in the same order, so differences to the baseline are paired by seed: Δ is the mean paired "
-              "difference ± its 95% t-interval, p the paired t-test's. **not distinguishable at this budget**: "
-              "p ≥ 0.05 (the interval of Δ covers 0). p (Holm) corrects for comparing many variants with one baseline.",
+              "difference ± its 95% t-interval, p the paired t-test's, p (Holm) the same corrected for testing every "
+              "variant against one baseline. The verdict follows p (Holm): **not distinguishable at this budget** "
+              "where it is ≥ 0.05. With 2 seeds a paired t-test has one degree of freedom: only large, steady "
+              "differences pass it.",
               "- A run that diverged counts as no result (its seed is left out of the pairs); the table says how many.",
               "- Non-embedding parameters leave out token and position embeddings; active parameters count only the "
               "experts a token is routed to. Training FLOPs are analytic; train seconds and throughput are this "

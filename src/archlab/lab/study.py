@@ -291,7 +291,7 @@ def _verdict(pair: dict | None, mode: str) -> str:
         return "no paired runs"
     if not math.isfinite(pair["p"]):
         return "one seed: no test"
-    if pair["p"] >= 0.05:
+    if pair.get("p_holm", pair["p"]) >= 0.05:  # Holm: every variant is tested against the one baseline
         return "not distinguishable at this budget"
     return "better" if (pair["diff"] < 0) == (mode == "min") else "worse"
 
