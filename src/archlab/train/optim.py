@@ -124,6 +124,10 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
             return s / warmup
         if cfg.schedule == "constant":
             return 1.0
+        if cfg.schedule == "wsd":  # stable at the peak, then a linear decay over the last decay_fraction
+            decay = max(1, round(cfg.decay_fraction * total_steps))
+            start = max(warmup, total_steps - decay)
+            return 1.0 if s <= start else floor + (1 - floor) * max(0.0, 1 - (s - start) / max(1, total_steps - start))
         progress = min(1.0, (s - warmup) / max(1, total_steps - warmup))
         if cfg.schedule == "linear":
             return floor + (1 - floor) * (1 - progress)
