@@ -361,6 +361,9 @@ def write_markdown(r: dict, path: Path) -> None:
               + (f"**{reach:.1f} s = {r['ratio']:.2f}x** nanoGPT's wall time" if reach else "**never**")
               + f"; its final loss **{a['points'][-1]['val_loss']:.4f}** at {a['points'][-1]['seconds']:.1f} s "
               f"(training {a['throughput']:,.0f} tokens/s).",
+              "- Precision: nanoGPT's train.py trains in fp32 on a CPU (its autocast is for CUDA only); archlab's "
+              "`precision: auto` takes bf16 autocast where the CPU computes bf16 natively (AMX or AVX512-BF16) and "
+              "fp32 elsewhere.",
               "- Target (issue 17): ≤ 0.5x and a lower final loss: "
               + ("**met**" if reach and r["ratio"] <= 0.5 and a["points"][-1]["val_loss"] < r["target"] else "**not met**")
               + ".", "", "![val loss vs seconds](speedrun.png)", ""]
