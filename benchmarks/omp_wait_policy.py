@@ -170,6 +170,10 @@ def write_markdown(r: dict, path: Path) -> None:
     gain = med["PASSIVE|beside"]["tokens_s"] / min(med["ACTIVE|beside"]["tokens_s"], base_beside) - 1
     lines += ["", f"PASSIVE costs {passive_cost:.1%} alone (against the faster of unset/ACTIVE) and gains {gain:+.1%} "
               "beside the neighbour (against the slower of unset/ACTIVE). Percentages in the table are against unset.",
+              "", "Rule (issue 17): the CLI sets PASSIVE by default only if it costs < 5% alone. "
+              + (f"It costs {passive_cost:.0%}: the CLI leaves OMP_WAIT_POLICY alone; on a shared machine set "
+                 "`OMP_WAIT_POLICY=PASSIVE` yourself (as `make demo` and `make test` do)."
+                 if passive_cost >= 0.05 else f"It costs {passive_cost:.1%}: the CLI sets PASSIVE unless the user set it."),
               ""]
     path.write_text("\n".join(lines))
 
