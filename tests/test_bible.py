@@ -310,6 +310,29 @@ def test_prepare_bible_files_without_diatheke(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == first
 
 
+def test_corpus_text_is_cached_until_a_sword_file_changes(tmp_path, monkeypatch):
+    sword = tmp_path / "sword"
+    (sword / "mods.d").mkdir(parents=True)
+    conf = sword / "mods.d" / "fake.conf"
+    conf.write_text("[Fake]\n")
+    monkeypatch.setattr(bible, "sword_paths", lambda: [sword])
+    monkeypatch.setattr(bible, "bible_reader", lambda: "pysword")
+    monkeypatch.setenv("ARCHLAB_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_read(module, books="Genesis-Revelation", reader=None):
+        calls.append(module)
+        return [Verse("John", 1, 2, "second"), Verse("Genesis", 1, 1, f"first {len(calls)}"), Verse("John", 1, 3, "")]
+
+    monkeypatch.setattr(bible, "read_module", fake_read)
+    assert corpus_text("Fake") == "first 1\nsecond\n" and len(calls) == 1
+    assert corpus_text("Fake") == "first 1\nsecond\n" and len(calls) == 1  # from the cache
+    conf.write_text("[Fake]\nVersion=2\n")  # the module changed: read again
+    assert corpus_text("Fake") == "first 2\nsecond\n" and len(calls) == 2
+    monkeypatch.setenv("ARCHLAB_CACHE", "off")
+    assert corpus_text("Fake") == "first 3\nsecond\n" and len(calls) == 3
+
+
 def test_missing_readers_say_what_to_install(monkeypatch):
     monkeypatch.setattr(bible.shutil, "which", lambda cmd: None)
     monkeypatch.setitem(sys.modules, "pysword", None)  # neither diatheke nor pysword

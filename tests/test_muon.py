@@ -51,3 +51,29 @@ def test_muon_learns_and_resumes_exactly(tmp_path):
     a = load_file(tmp_path / "straight" / "checkpoints" / "last" / "model.safetensors")
     b = load_file(tmp_path / "split" / "checkpoints" / "last" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("ns_dtype,tol", [(torch.bfloat16, 1e-6), (torch.float32, 0.03)])
+def test_archlabs_muon_steps_as_torchs(ns_dtype, tol):
+    # same matrices, same gradients: torch.optim.Muon (Newton-Schulz one matrix at a time, in bf16) and ours
+    # (same-shape matrices stacked, in ns_dtype) move the weights alike; fp32 differs only by bf16's rounding
+    from archlab.train.optim import Muon
+    torch.manual_seed(0)
+    shapes = [(48, 16), (48, 16), (16, 16), (16, 64)]
+    ref = [torch.nn.Parameter(torch.randn(s) * 0.1) for s in shapes]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    start = [p.detach().clone() for p in ref]
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.95, adjust_lr_fn="match_rms_adamw")
+    opt_ref, opt_ours = torch.optim.Muon(ref, **kw), Muon(ours, ns_dtype=ns_dtype, **kw)
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for params, opt in ((ref, opt_ref), (ours, opt_ours)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    moved = max((r - p0).abs().max().item() for r, p0 in zip(ref, start))
+    assert moved > 0.02
+    # bf16: the same numbers (tol absolute); fp32: within 3% of the distance moved (bf16's rounding in torch's)
+    assert max((r - o).abs().max().item() for r, o in zip(ref, ours)) < (tol if ns_dtype == torch.bfloat16 else tol * moved)
+    assert opt_ours.state_dict()["state"].keys() == opt_ref.state_dict()["state"].keys()
+    opt_ours.load_state_dict(opt_ref.state_dict())  # torch's state dict loads as is

@@ -185,6 +185,12 @@ def test_schedules():
     assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(99) == pytest.approx(0.1)
     lin = lr_lambda(TrainConfig(max_steps=10, schedule="linear"), 10)
     assert lin(9) == pytest.approx(0.0) and lin(4) == pytest.approx(0.5)
+    wsd = lr_lambda(TrainConfig(max_steps=100, lr=1e-3, min_lr=1e-4, schedule="wsd", warmup_steps=10,
+                                decay_fraction=0.2), 100)
+    assert wsd(0) == pytest.approx(0.1) and wsd(9) == wsd(50) == wsd(79) == pytest.approx(1.0)  # warm-up, stable
+    assert wsd(89) == pytest.approx(0.55) and wsd(99) == pytest.approx(0.1)  # linear decay to min_lr over the last 20
+    with pytest.raises(ConfigError, match="decay_fraction"):
+        TrainConfig(max_steps=10, schedule="wsd", decay_fraction=0.0).validate()
 
 
 def test_two_process_ddp_and_fsdp_equal_one_process(tmp_path):

@@ -36,6 +36,7 @@ The pysword reader gets each verse's OSIS markup and renders it as diatheke does
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
 import json
 import os
@@ -413,6 +414,35 @@ def prepare_bible(src_module: str, tgt_module: str, out_dir: Path,
 
 def corpus_text(module: str) -> str:
     """The whole module (66 books) as text for LM pretraining: one verse per line, canonical
-    order, empty verses left out."""
+    order, empty verses left out. Kept in a disk cache (reading a Bible takes ~5 s; see corpus_cache_path)."""
+    cached = corpus_cache_path(module)
+    if cached is not None and cached.is_file():
+        return cached.read_text(encoding="utf-8")
     verses = sorted(read_module(module), key=_key)
-    return "".join(f"{v.text}\n" for v in verses if v.text)
+    text = "".join(f"{v.text}\n" for v in verses if v.text)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, cached)  # atomic: a concurrent reader sees the whole file or none
+        except OSError:
+            pass  # a read-only home: no cache, same text
+    return text
+
+
+def corpus_cache_path(module: str) -> Path | None:
+    """Where corpus_text caches `module`'s text: $ARCHLAB_CACHE (default ~/.cache/archlab)/bible/, under a name
+    that changes with anything the text depends on: this file's code, the reader, and the name, size and mtime
+    of every file in the SWORD folders. ARCHLAB_CACHE=off: no cache."""
+    root = os.environ.get("ARCHLAB_CACHE", str(Path.home() / ".cache" / "archlab"))
+    if root == "off":
+        return None
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(f"{module}|{bible_reader()}".encode())
+    for base in sword_paths():
+        for f in sorted(base.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return Path(root) / "bible" / f"{module}-{h.hexdigest()[:16]}.txt"

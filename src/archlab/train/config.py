@@ -20,10 +20,11 @@ class TrainConfig:
     momentum: float = 0.9  # sgd
     muon_momentum: float = 0.95  # muon (Jordan et al. 2024; Liu et al. 2025)
     nesterov: bool = False  # sgd
-    schedule: Literal["constant", "cosine", "linear", "noam"] = "constant"
+    schedule: Literal["constant", "cosine", "linear", "noam", "wsd"] = "constant"
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # alternative to warmup_steps: a fraction of max steps
-    min_lr: float = 0.0  # where cosine / linear decay ends
+    min_lr: float = 0.0  # where cosine / linear / wsd decay ends
+    decay_fraction: float = 0.2  # wsd (warm-up, stable, decay): the last fraction of the steps decays linearly
     epochs: float | None = None  # training length: epochs or max_steps (the smaller wins)
     max_steps: int | None = None
     max_seconds: float | None = None  # a wall-clock budget (stops after the step that crosses it)
@@ -71,6 +72,8 @@ class TrainConfig:
                            ("betas[1]", self.betas[1])):
             if not 0 <= value < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {value}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if self.batch_size % self.grad_accum:
