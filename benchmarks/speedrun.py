@@ -366,7 +366,7 @@ def write_markdown(r: dict, path: Path) -> None:
               "fp32 elsewhere.",
               "- Target (issue 17): ≤ 0.5x and a lower final loss: "
               + ("**met**" if reach and r["ratio"] <= 0.5 and a["points"][-1]["val_loss"] < r["target"] else "**not met**")
-              + ".", "", "![val loss vs seconds](speedrun.png)", ""]
+              + ".", "", "![val loss vs seconds](benchmarks/results/speedrun.png)", ""]
     path.write_text("\n".join(lines))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from .. import viz
 
@@ -107,6 +108,7 @@ def plot_scaling(series: dict[str, dict[str, Any]], fits: dict[str, dict[str, An
     ax.set_xlabel("training FLOPs (analytic)")
     ax.set_title("sample efficiency: loss = a·C^-b + c", fontsize=10)
     ax_t.set_xlabel("training seconds")
+    ax_t.xaxis.set_minor_formatter(NullFormatter())  # a span under a decade labels every minor tick, overlapping
     ax_t.set_title("wall-clock", fontsize=10)
     ax.legend(fontsize=7)
     ax_t.legend(fontsize=7)
