@@ -329,6 +329,7 @@ def test_corpus_text_is_cached_until_a_sword_file_changes(tmp_path, monkeypatch)
     assert corpus_text("Fake") == "first 1\nsecond\n" and len(calls) == 1  # from the cache
     conf.write_text("[Fake]\nVersion=2\n")  # the module changed: read again
     assert corpus_text("Fake") == "first 2\nsecond\n" and len(calls) == 2
+    assert len(list((tmp_path / "cache" / "bible").glob("Fake-*.txt"))) == 1  # the stale text is gone
     monkeypatch.setenv("ARCHLAB_CACHE", "off")
     assert corpus_text("Fake") == "first 3\nsecond\n" and len(calls) == 3
 

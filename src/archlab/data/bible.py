@@ -426,6 +426,9 @@ def corpus_text(module: str) -> str:
             tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, cached)  # atomic: a concurrent reader sees the whole file or none
+            for stale in cached.parent.glob(f"{module}-*.txt"):  # one text per module: the cache stays bounded
+                if stale != cached:
+                    stale.unlink(missing_ok=True)
         except OSError:
             pass  # a read-only home: no cache, same text
     return text
