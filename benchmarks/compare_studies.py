@@ -1,6 +1,6 @@
 """Run the shipped structure studies (configs/compare/*.yaml) and copy their reports to
-benchmarks/results/compare_<study>.md (+ their plots as compare_<study>_<plot>.png), with the command and
-its CPU time.
+benchmarks/results/compare_<study>[_quick].md (+ their plots as compare_<study>[_quick]_<plot>.png), with the
+command and its CPU time.
 
     python benchmarks/compare_studies.py [future positions_norm moe cnn_vit] [--quick] [--seeds N]
         [--threads 2] [--workers N | --ray auto|HOST:PORT]
@@ -50,15 +50,17 @@ def main() -> None:
             executor.close()
         wall, cpu = time.time() - t0, cpu_seconds() - cpu0  # CPU of this process and its pool workers
         command = f"archlab compare configs/compare/{study}.yaml{' --quick' if args.quick else ''}"
+        stem = f"compare_{study}{'_quick' if args.quick else ''}"  # a quick run never replaces the full study's files
         report = (out / "report.md").read_text()
         for png in out.glob("*.png"):
-            name = f"compare_{study}_{png.stem}.png"
+            name = f"{stem}_{png.stem}.png"
             shutil.copy(png, results / name)
             report = report.replace(f"]({png.name})", f"](benchmarks/results/{name})")
         report = re.sub(r"^## ", "### ", report.split("\n", 1)[1], flags=re.M)
-        header = (f"## Structure study: {study} (`{command}`)\n\n{wall / 60:.0f} min wall-clock, {cpu / 3600:.1f} "
-                  f"CPU-hours ({executor.name}, {args.threads} threads a run).\n")
-        (results / f"compare_{study}.md").write_text(header + report)
+        header = (f"## Structure study: {study}{', quick version' if args.quick else ''} (`{command}`)\n\n"
+                  f"{wall / 60:.0f} min wall-clock, {cpu / 3600:.1f} CPU-hours ({executor.name}, "
+                  f"{args.threads} threads a run).\n")
+        (results / f"{stem}.md").write_text(header + report)
 
 
 if __name__ == "__main__":

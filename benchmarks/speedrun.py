@@ -388,13 +388,27 @@ ABLATION = [  # cumulative: each row adds its lever to the one before (overrides
 ]
 
 
+def read_rows(path: str) -> list[tuple[str, list[str]]]:
+    """Ablation rows from a JSON file: [[name, [KEY=VALUE, ...]], ...]; ValueError naming the file otherwise."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--rows {path}: {e}") from None
+    shape = isinstance(rows, list) and rows and all(
+        isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], list)
+        and all(isinstance(o, str) and "=" in o for o in r[1]) for r in rows)
+    if not shape or len({r[0] for r in rows}) != len(rows):
+        raise ValueError(f"--rows {path}: expected a non-empty list of [name, [KEY=VALUE, ...]] with distinct names")
+    return [(name, overrides) for name, overrides in rows]
+
+
 def main_ablation(args) -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work) / "ablation"
     task = archlab_task()
     tokens, block = task.splits["valid"], task.block
     offsets = eval_windows(len(tokens), block, args.every)
-    rows = json.loads(Path(args.rows).read_text()) if args.rows else ABLATION
+    rows = args.rows or ABLATION
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "speedrun_ablation.json"
@@ -443,11 +457,15 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/archlab-speedrun")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--ablation", action="store_true")
-    ap.add_argument("--rows", help="ablation rows as JSON [[name, [overrides], config?], ...]")
+    ap.add_argument("--rows", help="ablation rows as JSON [[name, [KEY=VALUE, ...]], ...]")
     ap.add_argument("--target", type=float, default=1.67, help="ablation: time to this validation loss")
     ap.add_argument("--resume-rows", action="store_true", help="ablation: keep the rows already in the results")
     ap.add_argument("--reference-worker", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    try:  # before any training: a bad file is one line (exit 2), not a traceback after minutes
+        args.rows = read_rows(args.rows) if args.rows else None
+    except ValueError as e:
+        ap.error(str(e))
     if args.reference_worker:
         torch.set_num_threads(args.threads)
         reference_worker(Path(args.reference_worker[0]), Path(args.reference_worker[1]))

@@ -70,8 +70,8 @@ def test_tta_averages_the_probabilities_over_the_views(seed_run):
     with torch.no_grad():
         logits = task.eval_logits(model, x)
         shifted = torch.nn.functional.pad(x, (1, 1, 1, 1), value=task.augment.fill)
-        views = [x, x.flip(-1)] + [shifted[..., 1 + dy:29 + dy, 1 + dx:29 + dx]
-                                   for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))]
+        views = [shifted[..., 1 + dy:29 + dy, 1 + dx:29 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        views += [v.flip(-1) for v in views]
         expected = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
         plain = model(x).softmax(-1)
     assert torch.allclose(logits.softmax(-1), expected, atol=1e-5)

@@ -374,17 +374,18 @@ def test_augment_config_and_resume():
     assert torch.allclose(aug.with_fill(mean, std)(z, gen()), z)  # black padding stays black
 
 
-def test_tta_views_are_the_training_shifts_and_mirror():
+def test_tta_views_are_every_training_shift_with_and_without_mirror():
     x = torch.zeros(1, 1, 5, 5)
     x[0, 0, 1, 3] = 1.0  # one bright pixel (row 1, column 3)
     aug = Augment(crop_padding=2, hflip=True, fill=-1.0)
     views = aug.views(x)
-    assert len(views) == 6 and torch.equal(views[0], x)
+    assert len(views) == 18 and torch.equal(views[0], x)
     bright = [tuple(torch.nonzero(v[0, 0] == 1).flatten().tolist()) for v in views]
-    # content moves by one pixel the other way to each crop offset; the mirror flips the column
-    assert bright == [(1, 3), (1, 2), (1, 4), (0, 3), (2, 3), (1, 1)]
-    assert views[1][0, 0, :, -1].eq(-1).all() and views[3][0, 0, -1].eq(-1).all()  # the border comes in black
-    assert len(Augment(hflip=True).views(x)) == 2 and len(Augment(crop_padding=1).views(x)) == 5
+    # content moves by one pixel the other way to each crop offset (dy, dx); the mirror flips the column
+    shifted = [(1 - dy, 3 - dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    assert bright == [(1, 3), *shifted, *[(r, 4 - c) for r, c in [(1, 3), *shifted]]]
+    assert views[1][0, 0, 0].eq(-1).all() and views[1][0, 0, :, 0].eq(-1).all()  # the border comes in black
+    assert len(Augment(hflip=True).views(x)) == 2 and len(Augment(crop_padding=1).views(x)) == 9
 
 
 # ----------------------------------------------------------------------------- image files

@@ -19,6 +19,25 @@ def test_seed_cnn_is_the_articles_keras_model():
     assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
 
 
+@pytest.mark.parametrize("batch_norm, pool", [(True, "max"), (False, "max"), (True, "avg"), (True, "none")])
+def test_conv_block_equals_conv_norm_relu_pool(batch_norm, pool):
+    """ConvBlock applies ReLU after a max-pool (cheaper): outputs and gradients equal conv -> norm -> ReLU -> pool."""
+    from archlab.nn.conv import ConvBlock
+
+    torch.manual_seed(0)
+    block = ConvBlock(3, 8, 3, padding=1, batch_norm=batch_norm, pool=pool).train()
+    pooling = {"max": torch.nn.MaxPool2d(2), "avg": torch.nn.AvgPool2d(2), "none": torch.nn.Identity()}[pool]
+    reference = torch.nn.Sequential(block.conv, block.norm, torch.nn.ReLU(), pooling)
+    x = torch.randn(4, 3, 10, 10, requires_grad=True)
+    ours, ref = block(x), reference(x)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    g = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, [x, block.conv.weight], g)
+    ref_grads = torch.autograd.grad(ref, [x, block.conv.weight], g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_transformer_base_size():
     n = count_parameters(build_model("transformer-base"))
     assert 60e6 < n < 66e6  # Vaswani et al. report ~65M for the base model

@@ -82,3 +82,20 @@ def test_time_to_interpolates_between_checkpoints():
     pts = [{"seconds": 10, "val_loss": 2.0}, {"seconds": 20, "val_loss": 1.6}, {"seconds": 30, "val_loss": 1.5}]
     assert speedrun.time_to(pts, 1.7) == pytest.approx(17.5)
     assert speedrun.time_to(pts, 2.5) == 10 and speedrun.time_to(pts, 1.4) is None
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("not json", "Expecting value"),
+    ("[]", "non-empty list"),
+    ('[["a", "train.lr=1"]]', "non-empty list"),                       # overrides not a list
+    ('[["a", ["train.lr"]]]', "non-empty list"),                       # an override without '='
+    ('[["a", []], ["a", ["train.lr=1"]]]', "distinct names"),
+])
+def test_ablation_rows_file_is_checked_before_any_run(tmp_path, text, problem):
+    path = tmp_path / "rows.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=problem) as e:
+        speedrun.read_rows(str(path))
+    assert str(path) in str(e.value)
+    path.write_text('[["muon", ["train.optimizer=muon"]], ["base", []]]')
+    assert speedrun.read_rows(str(path)) == [("muon", ["train.optimizer=muon"]), ("base", [])]

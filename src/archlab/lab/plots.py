@@ -75,13 +75,15 @@ def plot_lr_sweeps(sweeps: list[dict[str, Any]], metric: str, path: Path) -> Pat
                 ax.plot([s["chosen"]], [s["values"][s["lrs"].index(s["chosen"])]], "*", ms=14, color=style["color"],
                         markeredgecolor="black")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a sweep under a decade labels every minor tick, overlapping
         ax.set_xlabel("peak learning rate")
         ax.set_ylabel(_label(metric))
         ax.set_title(f"budget {budget:g}" if budget is not None else "the recipes' length", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
     fig.suptitle("learning-rate sweeps (★ chosen, x diverged)")
     fig.tight_layout()
+    # beside the panels, not over them: a dozen variants would hide the curves
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return viz.save_figure(fig, path)
 
 
