@@ -45,8 +45,10 @@ def main() -> None:
     ap.add_argument("--higher-is-better", action="store_true")
     ap.add_argument("--title", default=None)
     args = ap.parse_args()
-    before = first_table((RESULTS / f"{args.before}.md").read_text())
-    after = first_table((RESULTS / f"{args.after}.md").read_text())
+    try:  # a missing fragment or one without a results table: one line, exit 2
+        before, after = (first_table((RESULTS / f"{name}.md").read_text()) for name in (args.before, args.after))
+    except (OSError, StopIteration) as e:
+        ap.error(f"{e}" if isinstance(e, OSError) else "a fragment holds no '| variant |' table")
     common = [v for v in after if v in before]
     if not common:
         raise SystemExit(f"{args.before} and {args.after} share no variant")
