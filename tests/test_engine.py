@@ -52,3 +52,47 @@ def test_two_processes_equal_one_under_ddp_and_fsdp(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         one, two = weights(tmp_path / "one"), weights(tmp_path / strategy)
         assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-6, strategy
+
+
+def test_ema_weights_follow_the_moving_average_and_are_what_is_evaluated(tmp_path):
+    """The EMA run trains exactly as the plain one (the average never feeds back); its checkpoint holds
+    e_1 = w_1, e_n = d_n e_(n-1) + (1 - d_n) w_n with d_n = min(decay, n / (9 + n)), computed here from the
+    plain run's per-step weights, and its metrics are those of the averaged weights."""
+    from engine_stub import StubConfig, StubModel, StubTask
+
+    plain = tmp_path / "plain"
+    train_stub(plain, max_steps=12, save_every=1, keep_last=12)
+    metrics = train_stub(tmp_path / "ema", max_steps=12, ema_decay=0.5)
+    steps = [weights(plain, f"step-{n:07d}") for n in range(1, 12)] + [weights(plain)]
+    expected = dict(steps[0])
+    for n, w in enumerate(steps[1:], start=1):  # n updates averaged before this one
+        d = min(0.5, (1 + n) / (10 + n))  # 0.18 at the first, then the cap of 0.5 from n = 9 on
+        expected = {k: d * expected[k] + (1 - d) * w[k] for k in w}
+    got = weights(tmp_path / "ema")
+    assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected)
+    assert not torch.allclose(got["head.weight"], steps[-1]["head.weight"], atol=1e-3)  # the average is not w_12
+    state = torch.load(tmp_path / "ema" / "checkpoints" / "last" / "trainer_state" / "state.pt", weights_only=True)
+    assert state["ema_updates"] == 12 and all(torch.equal(state["trained_weights"][k], steps[-1][k]) for k in got)
+    model = StubModel(StubConfig())
+    model.load_state_dict(expected)
+    with torch.no_grad():
+        assert abs(metrics["val_loss"] - StubTask().evaluate(model)["val_loss"]) < 1e-5
+
+
+def test_ema_resumes_exactly_and_a_mismatched_checkpoint_is_named(tmp_path):
+    import pytest
+
+    from archlab.errors import CheckpointError, ConfigError
+    from archlab.train.config import TrainConfig
+
+    train_stub(tmp_path / "straight", max_steps=12, save_every=2, ema_decay=0.8)
+    train_stub(tmp_path / "split", max_steps=5, save_every=2, ema_decay=0.8)
+    train_stub(tmp_path / "split", resume=True, max_steps=12, save_every=2, ema_decay=0.8)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CheckpointError, match="not saved with train.ema_decay"):
+        train_stub(tmp_path / "no-ema", max_steps=4) and train_stub(tmp_path / "no-ema", resume=True, max_steps=8,
+                                                                    ema_decay=0.8)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match=f"ema_decay must be in \\[0, 1\\), got {bad}"):
+            TrainConfig(max_steps=1, ema_decay=bad).validate()

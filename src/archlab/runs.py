@@ -289,7 +289,7 @@ def check_memory(run: RunConfig, task: Task, model_cfg: FamilyConfig, device: to
         batch = max(1, run.data.max_tokens // (getattr(model_cfg, "max_seq_len", None) or 1))
     else:
         batch = max(1, run.train.batch_size // run.train.grad_accum // world)
-    estimate = training_memory_bytes(model_cfg, batch)
+    estimate = training_memory_bytes(model_cfg, batch, ema=run.train.ema_decay > 0)
     need, available = estimate["total"] * local, available_memory(device)
     where = f"on {device.type}" + (f", {local} processes" if local > 1 else "")
     if not quiet:

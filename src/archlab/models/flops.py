@@ -81,13 +81,13 @@ def kv_cache_bytes(cfg, layers: int, bytes_per_number: int = 4) -> float:
     return layers * 2 * cfg.kv_heads * cfg.attn_head_dim * bytes_per_number
 
 
-def training_memory_bytes(cfg, batch: int, seq_len: int | None = None) -> dict[str, float]:
-    """fp32 AdamW training: weights + grads + 2 optimizer moments (16 bytes a parameter), plus the
-    family's estimate of the activations kept for the backward."""
+def training_memory_bytes(cfg, batch: int, seq_len: int | None = None, ema: bool = False) -> dict[str, float]:
+    """fp32 AdamW training: weights + grads + 2 optimizer moments (16 bytes a parameter; 20 with a moving
+    average of the weights), plus the family's estimate of the activations kept for the backward."""
     from .registry import family_of
 
     family = family_of(cfg)
-    states = 16 * family.cost(cfg, seq_len).params
+    states = (20 if ema else 16) * family.cost(cfg, seq_len).params
     activations = family.memory(cfg, batch, seq_len) if family.memory is not None else 0.0
     return {"parameters_and_optimizer": states, "activations": activations, "total": states + activations}
 

@@ -32,6 +32,9 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     label_smoothing: float = 0.0
+    # > 0: the weights evaluated, kept as best and saved are an exponential moving average of the trained ones
+    # (the trained weights stay in the trainer state for resume); 0 = off. See Trainer._ema_update.
+    ema_decay: float = 0.0
     precision: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: bf16 where the hardware computes it natively
     compile: bool = False
     eval_every: int = 0  # steps; 0 = at the end of every epoch
@@ -68,7 +71,8 @@ class TrainConfig:
         if len(self.betas) != 2:
             raise ConfigError(f"betas must be two numbers, got {self.betas}")
         for key, value in (("warmup_fraction", self.warmup_fraction), ("momentum", self.momentum),
-                           ("label_smoothing", self.label_smoothing), ("betas[0]", self.betas[0]),
+                           ("label_smoothing", self.label_smoothing), ("ema_decay", self.ema_decay),
+                           ("betas[0]", self.betas[0]),
                            ("betas[1]", self.betas[1])):
             if not 0 <= value < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {value}")

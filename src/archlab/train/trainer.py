@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from . import checkpoint as ckpt
@@ -87,6 +88,22 @@ def steps_per_epoch(task: TrainTask, cfg: TrainConfig) -> int:
     return steps
 
 
+def ema_update_fn(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """An exponential moving average for torch's AveragedModel: after the n-th optimizer step (n >= 1),
+    ema <- d * ema + (1 - d) * w with d = min(decay, (1 + n) / (10 + n)), TensorFlow's ExponentialMovingAverage
+    with num_updates: early on the average follows the fast-moving weights instead of remembering the random
+    init. Integer buffers (batch-norm counters) are copied, not averaged."""
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = int(n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(ema[0]):
+            torch._foreach_lerp_(ema, current, 1 - d)
+        else:
+            torch._foreach_copy_(ema, current)
+    return update
+
+
 def model_config_dict(model: nn.Module) -> dict[str, Any]:
     config = getattr(model, "config", None)
     return config.to_dict() if hasattr(config, "to_dict") else {}
@@ -125,6 +142,13 @@ class Trainer:
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if self.sharded and cfg.optimizer == "muon":  # Muon orthogonalises whole matrices; FSDP holds shards
             raise ConfigError("train.optimizer: muon does not run under train.distributed: fsdp; use ddp")
+        if self.sharded and cfg.ema_decay:  # the average would need the full weights on every step
+            raise ConfigError("train.ema_decay does not run under train.distributed: fsdp; use ddp")
+        # The weights evaluated and saved: the model itself, or a moving average of it (buffers too: batch-norm
+        # statistics then describe the averaged weights, as in timm's ModelEmaV3).
+        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update_fn(cfg.ema_decay), use_buffers=True)
+                    if cfg.ema_decay else None)
+        self.eval_model = self.ema.module if self.ema is not None else self.model
         units = model.fsdp_units() if hasattr(model, "fsdp_units") else []
         self.wrapped = wrap_model(self.model, self.dist, cfg.distributed, self.device, units)
         self.train_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped
@@ -172,13 +196,22 @@ class Trainer:
         return {"optimizer": optimizer_state or self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": ckpt.rng_state(),
                 "best": self.best, "bad_evals": self.bad_evals, "train_seconds": self.train_seconds,
-                "units": self.units}
+                "units": self.units, **self._ema_state()}
+
+    def _ema_state(self) -> dict[str, Any]:
+        """With an EMA the checkpoint's model file holds the average; the trained weights resume from here."""
+        if self.ema is None:
+            return {}
+        return {"trained_weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "ema_updates": int(self.ema.n_averaged)}
 
     def _save(self, name: str = "last") -> None:
         """Called on every process; the main one writes, the others wait at the caller's barrier."""
         model, optimizer_state = self._full_state()
         if not self.dist.main:
             return
+        if self.ema is not None:
+            model = self.ema.module
         ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, model, self.model_config,
                              self._trainer_state(optimizer_state) if name == "last" else None, self.task.save_assets,
                              self.cfg.keep_last, name, self.task.checkpoint_info())
@@ -200,6 +233,9 @@ class Trainer:
         for folder in ckpt.resumable_checkpoints(self.run_dir / "checkpoints"):
             try:
                 state = ckpt.load_trainer_state(folder)  # read everything before changing anything
+                if (self.ema is not None) != ("trained_weights" in state):
+                    raise CheckpointError(f"{folder} was {'not ' if self.ema is not None else ''}saved with "
+                                          f"train.ema_decay, and this run has {self.cfg.ema_decay}")
                 self._load_weights(folder)
             except CheckpointError as e:
                 self.log.print(f"[yellow]cannot resume from {folder.name}: {e}[/yellow]")
@@ -213,6 +249,10 @@ class Trainer:
             else:
                 self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None:  # the folder's weights are the average; the trained ones are in the state
+                self.ema.module.load_state_dict(self.model.state_dict())
+                self.model.load_state_dict(state["trained_weights"])
+                self.ema.n_averaged.fill_(int(state["ema_updates"]))
             self.step, self.epoch = int(state["step"]), int(state["epoch"])
             self.batch_in_epoch = int(state["batch_in_epoch"])
             self.best, self.bad_evals = state["best"], int(state["bad_evals"])
@@ -324,6 +364,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return mean, total
 
     def _log_train(self, loss: float, write: bool) -> None:
@@ -339,9 +381,9 @@ class Trainer:
         best, save; True when early stopping says stop."""
         stop = better = False
         if self.dist.main or self.sharded:
-            self.model.eval()
+            self.eval_model.eval()
             with torch.no_grad(), self.autocast:
-                metrics = self.task.evaluate(self.model, "valid", self.cfg.eval_batches)
+                metrics = self.task.evaluate(self.eval_model, "valid", self.cfg.eval_batches)
         if self.dist.main:
             self.metrics_log.write({"step": self.step, "epoch": self.epoch, "split": "valid", **metrics})
             self.log.print(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
