@@ -1,11 +1,13 @@
 """Run the shipped structure studies (configs/compare/*.yaml) and copy their reports to
 benchmarks/results/compare_<study>[_quick].md (+ their plots as compare_<study>[_quick]_<plot>.png), with the
-command and its CPU time.
+command and its CPU time. Run again on a finished study, it re-renders the report from the stored runs (none is
+repeated) with the time its runs took (kept in the study folder's timing.json).
 
     python benchmarks/compare_studies.py [future positions_norm moe cnn_vit] [--quick] [--seeds N]
         [--threads 2] [--workers N | --ray auto|HOST:PORT]
 """
 import argparse
+import json
 import re
 import resource
 import shutil
@@ -48,8 +50,17 @@ def main() -> None:
             compare(spec, out, executor=executor)
         finally:
             executor.close()
-        wall, cpu = time.time() - t0, cpu_seconds() - cpu0  # CPU of this process and its pool workers
-        command = f"archlab compare configs/compare/{study}.yaml{' --quick' if args.quick else ''}"
+        # CPU of this process and its pool workers. A resumed study adds to the time its earlier invocations spent
+        # (kept in its folder); re-rendering a finished one (no run wrote a result) adds nothing.
+        timing_file = out / "timing.json"
+        timing = json.loads(timing_file.read_text()) if timing_file.exists() else {"wall_seconds": 0, "cpu_seconds": 0}
+        if any(p.stat().st_mtime >= t0 for p in out.glob("runs/*/result.json")):
+            timing["wall_seconds"] += time.time() - t0
+            timing["cpu_seconds"] += cpu_seconds() - cpu0
+            timing_file.write_text(json.dumps(timing))
+        wall, cpu = timing["wall_seconds"], timing["cpu_seconds"]
+        command = (f"archlab compare configs/compare/{study}.yaml{' --quick' if args.quick else ''}"
+                   f"{f' --workers {args.workers}' if args.workers else ''}")
         stem = f"compare_{study}{'_quick' if args.quick else ''}"  # a quick run never replaces the full study's files
         report = (out / "report.md").read_text()
         for png in out.glob("*.png"):
@@ -59,7 +70,7 @@ def main() -> None:
         report = re.sub(r"^## ", "### ", report.split("\n", 1)[1], flags=re.M)
         header = (f"## Structure study: {study}{', quick version' if args.quick else ''} (`{command}`)\n\n"
                   f"{wall / 60:.0f} min wall-clock, {cpu / 3600:.1f} CPU-hours ({executor.name}, "
-                  f"{args.threads} threads a run).\n")
+                  f"{args.threads} thread{'s' if args.threads > 1 else ''} a run).\n")
         (results / f"{stem}.md").write_text(header + report)
 
 

@@ -82,7 +82,9 @@ def test_scaling_curve_with_a_full_schedule_per_budget(tmp_path):
     rows = sorted((r for r in summary["rows"]), key=lambda r: r["budget"])
     assert fit["flops"] == pytest.approx([r["train_flops"] for r in rows])
     assert fit["loss"] == pytest.approx([r["mean"] for r in rows])
-    assert (out / "scaling.png").exists() and "## Scaling" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert (out / "scaling.png").exists() and "## Scaling" in report
+    assert "With 3 budgets the three-parameter law passes through" in report  # 3 means, 3 parameters: untested
 
 
 def test_isoflop_sizes_share_each_budget(tmp_path):
@@ -262,3 +264,26 @@ def test_runs_failed_is_an_archlab_error():
     from archlab.errors import ArchlabError
 
     assert issubclass(RunsFailed, ArchlabError)
+
+
+def test_a_run_keyed_by_an_older_archlab_is_found_not_repeated(tmp_path):
+    """A run's key leaves out values at their defaults, so an option archlab gains later does not orphan finished
+    runs; a folder an older archlab keyed from a config without that option is renamed to its key, not re-run."""
+    def study():
+        spec = build_spec([str(tiny_lm(tmp_path))])
+        spec.seeds = 1
+        spec.set_budgets("steps", [3])
+        return spec
+
+    out = tmp_path / "cmp"
+    first = compare(study(), out, quiet=True)
+    key = first["results"][0]["key"]
+    job = json.loads((out / "runs" / key / "job.json").read_text())
+    del job["run"]["train"]["ema_decay"]  # as an archlab before train.ema_decay planned it, under its own key
+    old = out / "runs" / "0123456789abcdef"
+    (out / "runs" / key).rename(old)
+    (old / "job.json").write_text(json.dumps({**job, "key": old.name}))
+    again = compare(study(), out, quiet=True)
+    assert again["results"][0]["key"] == key and not old.exists()
+    assert len(attempts(out, key)) == 1 and again["rows"][0]["mean"] == first["rows"][0]["mean"]
+    assert json.loads((out / "runs" / key / "result.json").read_text())["key"] == key

@@ -42,7 +42,7 @@ class Pool:
             raise ConfigError(f"--workers must be at least 1, got {workers}")
         self.workers, self.retries = workers, retries
         self.threads = threads or max(1, available_cores() // workers)
-        self.name = f"{workers} local processes x {self.threads} threads"
+        self.name = f"{workers} local processes x {self.threads} thread{'s' if self.threads > 1 else ''}"
 
     def map(self, jobs: list[dict[str, Any]], done: Done) -> None:
         from concurrent.futures import ProcessPoolExecutor, as_completed

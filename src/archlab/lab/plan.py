@@ -61,16 +61,66 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int, int]:
     return total, total - embedding, total - inactive
 
 
-def job_key(resolved: dict[str, Any]) -> str:
-    """The hash of a resolved run config; the threads a worker uses do not change what is computed."""
-    ident = {**resolved, "train": {k: v for k, v in resolved["train"].items() if k != "threads"}}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _defaults(section: Any) -> dict[str, Any]:
+    try:
+        return to_dict(type(section)())
+    except TypeError:  # a section without defaults for every field: nothing is left out
+        return {}
+
+
+def job_identity(cfg) -> dict[str, Any]:
+    """What a run computes: its resolved config without the values at their defaults (an option archlab gains
+    later, at its default, computes what the runs before it did, so it must not change a finished run's key)
+    and without the threads a worker uses."""
+    resolved = cfg.to_dict()
+    for name in ("model", "data", "train", "finetune"):
+        default = _defaults(getattr(cfg, name))
+        resolved[name] = {k: v for k, v in resolved[name].items()
+                          if k != "threads" and (k not in default or json.dumps(v, default=str) != json.dumps(
+                              default[k], default=str))}
+    return resolved
+
+
+def job_key(cfg) -> str:
+    """The hash of a run's identity: the name of its folder, whoever plans it."""
+    return hashlib.sha256(json.dumps(job_identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Planner:
     def __init__(self, spec: Spec, out: Path, metric: str):
         self.spec, self.out, self.metric = spec, out.resolve(), metric
         self._tasks: dict[str, Any] = {}
+        self._renamed: dict[str, Path] | None = None
+
+    def _adopt(self, key: str) -> str:
+        """A folder that an older archlab keyed differently (its key hashed a config that lacked options added
+        since) is renamed to the key of what it computed, so a finished run is found, not repeated."""
+        runs = self.out / "runs"
+        if (runs / key).exists() or not runs.is_dir():
+            return key
+        if self._renamed is None:
+            from ..tasks.run import load_run_config
+
+            self._renamed = {}
+            for job_file in runs.glob("*/job.json"):
+                try:
+                    stored = json.loads(job_file.read_text())
+                    current = job_key(load_run_config(stored["run"]))
+                except Exception:  # a config this archlab cannot read: its run stays where it is
+                    continue
+                finished = (job_file.parent / "result.json").exists()
+                if current != job_file.parent.name and (finished or current not in self._renamed):
+                    self._renamed[current] = job_file.parent  # of two copies of one run, a finished one
+        old = self._renamed.pop(key, None)
+        if old is not None and not (runs / key).exists():
+            for name in ("job.json", "result.json"):  # their records name the folder's key
+                record = old / name
+                if record.exists():
+                    data = json.loads(record.read_text())
+                    data["key"] = key
+                    record.write_text(json.dumps(data, indent=1, default=str))
+            old.rename(runs / key)
+        return key
 
     def points(self) -> list[Point]:
         """Every variant at every size, costed; a variant that does not build is named here, before any run."""
@@ -146,7 +196,7 @@ class Planner:
         cfg = load_run_config(apply_overrides(point.run, over))
         resolved = cfg.to_dict()
         steps = cfg.train.max_steps
-        return {"key": job_key(resolved), "run": resolved, "variant": point.variant, "size": point.size,
+        return {"key": self._adopt(job_key(cfg)), "run": resolved, "variant": point.variant, "size": point.size,
                 "seed": seed, "budget": budget, "budget_kind": kind, "fraction": fraction,
                 "lr": cfg.train.lr, "lr_factor": lr_factor, "steps": steps, "metric": self.metric,
                 "flops_per_step": c.flops_per_step, "units_per_step": c.units_per_step, "unit": c.unit,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from .. import viz
 
@@ -107,6 +107,8 @@ def plot_scaling(series: dict[str, dict[str, Any]], fits: dict[str, dict[str, An
         a.set_ylabel(_label(metric))
         a.grid(alpha=0.3, which="both")
     ax.set_yscale("log")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # a loss of 1.4, not 1.4 x 10^0
+        axis(ScalarFormatter())
     ax.set_xlabel("training FLOPs (analytic)")
     ax.set_title("sample efficiency: loss = a·C^-b + c", fontsize=10)
     ax_t.set_xlabel("training seconds")

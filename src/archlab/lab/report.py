@@ -98,6 +98,12 @@ def write_report(out: Path, s: dict[str, Any]) -> Path:
             lines.append(f"| {name} | {kind_text} | {f['b']:.3f} ± {fmt(f['b_std'], 3)} | {f['c']:.3f} ± "
                          f"{fmt(f['c_std'], 3)} | {f['a']:.3g} | {f['predict_10x']:.4f} | {f['std_source'] or 'n/a'} |")
         lines.append("")
+        fewest = min(len(f["flops"]) for f in s["scaling"].values())
+        if fewest <= 3:  # as many means as parameters: the curve is interpolated, not tested
+            lines += [f"> With {fewest} budgets the three-parameter law passes through (or next to) every mean: the "
+                      "data do not test its form, the ± is the seeds' noise only, and the 10× column is an "
+                      "extrapolation nothing here checks. Read b and c as a description of these budgets, not a "
+                      "forecast of which structure wins at larger ones; more budgets (`--budgets-flops`) test it.", ""]
     if s["isoflop"]:
         lines += ["## IsoFLOP: the compute-optimal size", "", f"![IsoFLOP parabolas]({s['plots']['isoflop']})", "",
                   f"Within each budget every variant is trained at {s['isoflop']['key']} = "
