@@ -90,9 +90,9 @@ def test_ema_resumes_exactly_and_a_mismatched_checkpoint_is_named(tmp_path):
     train_stub(tmp_path / "split", resume=True, max_steps=12, save_every=2, ema_decay=0.8)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    train_stub(tmp_path / "no-ema", max_steps=4)
     with pytest.raises(CheckpointError, match="not saved with train.ema_decay"):
-        train_stub(tmp_path / "no-ema", max_steps=4) and train_stub(tmp_path / "no-ema", resume=True, max_steps=8,
-                                                                    ema_decay=0.8)
+        train_stub(tmp_path / "no-ema", resume=True, max_steps=8, ema_decay=0.8)
     for bad in (1.0, -0.1):
         with pytest.raises(ConfigError, match=f"ema_decay must be in \\[0, 1\\), got {bad}"):
             TrainConfig(max_steps=1, ema_decay=bad).validate()
