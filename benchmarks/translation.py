@@ -1,14 +1,22 @@
-"""Spanish -> English Bible translation after a fixed CPU budget: archlab vs Hugging Face Marian.
+"""Spanish -> English Bible translation after a fixed CPU budget: archlab recipes vs Hugging Face Marian.
 
-Both models have the same shape (post-norm Transformer, d_model 256, 4 heads, FFN 1024, 3 + 3
-layers, shared tied embedding, sinusoidal positions, dropout 0.1), see the same tokenizer, the
-same length-bucketed token batches, the same Adam + Noam schedule, label smoothing and gradient
-clipping, for the same number of training seconds on the same threads. archlab trains through
-its Trainer (the recipe, evaluated only at the end so the budget is the same); the baseline is a
-MarianMTModel built from a MarianConfig, trained by a plain PyTorch loop. Both are then scored on
-the test books with sacreBLEU (greedy and beam 4), and their decoding speed is measured.
+Each `--variant` is the recipe (`--config`) with some overrides, trained by archlab's Trainer for the
+same number of training seconds on the same threads (evaluated only at the end, so the budget is the
+same); the first variant is the reference. Hugging Face Marian (a MarianMTModel built from a
+MarianConfig, trained by a plain PyTorch loop) has the reference variant's shape (post-norm, d_model,
+heads, FFN, layers, shared tied embedding, sinusoidal positions, dropout), tokenizer, length-bucketed
+token batches, optimizer, schedule, label smoothing and clipping. All are scored on the test books
+with sacreBLEU (greedy and beam); validation BLEU (greedy, the validation books) is what a choice
+between variants may use. A variant's finished result is kept in its folder and re-used when a
+variant resolves to the same whole config again (`--fresh` trains anew), so a lever ablation can be
+built one variant at a time; the fragment names each column's date.
 
-    flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20 --set train.precision=bf16
+    # the recipe beside Marian:
+    flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20
+    # a lever ablation (benchmarks/results/translation_levers_10min.md lists its variants):
+    flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 10 --no-marian \
+        --out benchmarks/results/translation_levers_10min.md --variant "recipe:" \
+        --variant "1k-token batches, dropout 0: data.max_tokens=1024 model.dropout=0" ...
 """
 from __future__ import annotations
 
@@ -28,6 +36,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from archlab.errors import ConfigError  # noqa: E402
+from archlab.lab.plan import job_identity  # noqa: E402
 from archlab.runs import open_task, train_run  # noqa: E402
 from archlab.tasks.base import IGNORE  # noqa: E402
 from archlab.tasks.run import load_run_config  # noqa: E402
@@ -45,7 +55,7 @@ def marian_for(task, cfg):
         vocab_size=m.vocab_size, decoder_vocab_size=m.vocab_size, d_model=m.d_model, encoder_layers=m.n_encoder_layers,
         decoder_layers=m.n_decoder_layers, encoder_attention_heads=m.n_heads, decoder_attention_heads=m.n_heads,
         encoder_ffn_dim=m.ffn_dim, decoder_ffn_dim=m.ffn_dim, activation_function="relu", dropout=m.dropout,
-        attention_dropout=m.dropout, activation_dropout=0.0, max_position_embeddings=m.max_seq_len,
+        attention_dropout=m.attn_dropout, activation_dropout=0.0, max_position_embeddings=m.max_seq_len,
         scale_embedding=True, share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
         pad_token_id=tok.pad_id, eos_token_id=tok.eos_id, bos_token_id=tok.bos_id,
         decoder_start_token_id=tok.bos_id, forced_eos_token_id=None)
@@ -60,10 +70,10 @@ def autocast(cfg):
 
 def train_marian(task, model, cfg, budget: float) -> dict:
     """The plain loop: the task's batches, the same optimizer and schedule, until the budget is spent."""
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, 10 ** 6)
-    device, gen = torch.device("cpu"), torch.Generator()
     seconds, tokens, steps, epoch = 0.0, 0, 0, 0
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, 10 ** 9, elapsed=lambda: seconds)  # a decay spans the budget
+    device, gen = torch.device("cpu"), torch.Generator()
     model.train()
     while seconds < budget:
         for refs in task.epoch_plan(epoch, cfg.batch_size, cfg.seed):
@@ -154,85 +164,158 @@ def machine() -> str:
                 platform.processor())
 
 
+MARIAN_SHAPE = dict(norm_placement="post", norm="layernorm", activation="relu", position="sinusoidal",
+                    tie_embeddings=True)
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """'LABEL: key=value key=value' -> (LABEL, overrides)."""
+    label, sep, rest = text.partition(":")
+    overrides = rest.split()
+    if not sep or not label.strip() or any("=" not in o for o in overrides):
+        raise SystemExit(f"--variant {text!r}: expected 'LABEL: key=value key=value ...'")
+    return label.strip(), overrides
+
+
+def train_variant(args, label: str, overrides: list[str], budget: float) -> tuple[dict, object, Path]:
+    """The variant's archlab run (trained, or re-used when its folder holds a finished one with these overrides)."""
+    slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+    run_dir = Path(args.runs) / slug
+    overrides = [*overrides, f"train.max_seconds={budget}", f"train.threads={args.threads}",
+                 "train.eval_every=1000000000", "train.epochs=1000"]
+    run = load_run_config(args.config, overrides)
+    # what makes two runs the same: the whole config without values at their defaults (an option added later
+    # does not orphan a finished run), the threads and how they wait (PASSIVE costs a quarter of the speed alone)
+    resolved = json.loads(json.dumps({**job_identity(run), "threads": run.train.threads,
+                                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}, default=str))
+    kept = run_dir / "bench.json"
+    if kept.exists() and not args.fresh:
+        stored = json.loads(kept.read_text())
+        if stored["resolved"] == resolved:
+            print(f"{label}: re-using {run_dir} ({stored['when']})", flush=True)
+            return stored["result"], run, run_dir
+    result = train_run(run, run_dir, quiet=True, overwrite=True)  # an unfinished or other variant: moved aside
+    result = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+    kept.write_text(json.dumps({"resolved": resolved, "result": result,
+                                "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}, indent=1))
+    print(label, json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float))}), flush=True)
+    return result, run, run_dir
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget-minutes", type=float, default=20.0, help="training seconds per model / 60")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--speed-steps", type=int, default=20, help="interleaved steps for the side-by-side speed test")
     p.add_argument("--config", default=str(ROOT / "configs/translation_bible_es_en.yaml"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides (both models)")
+    p.add_argument("--variant", action="append", default=[], metavar="'LABEL: KEY=VALUE ...'",
+                   help="a recipe variant (repeatable; the first is the reference Marian copies); default 'recipe:'")
+    p.add_argument("--no-marian", action="store_true", help="archlab variants only (a lever ablation)")
+    p.add_argument("--fresh", action="store_true", help="train every variant anew (default: re-use finished ones)")
     p.add_argument("--runs", help="work folder (default runs/bench-translation-<minutes>)")
     p.add_argument("--out", help="result fragment (default benchmarks/results/translation_<minutes>min.md)")
     args = p.parse_args()
+    variants = [parse_variant(v) for v in args.variant or ["recipe:"]]
+    if len({label for label, _ in variants}) < len(variants):
+        raise SystemExit("--variant: two variants share a label")
     args.runs = args.runs or str(ROOT / f"runs/bench-translation-{args.budget_minutes:g}")
     args.out = args.out or str(ROOT / f"benchmarks/results/translation_{args.budget_minutes:g}min.md")
     budget = args.budget_minutes * 60
+    reference = load_run_config(args.config, variants[0][1]).model
+    if not args.no_marian and any(getattr(reference, k) != v for k, v in MARIAN_SHAPE.items()):
+        raise SystemExit(f"--variant: Marian copies the first variant, which must be Marian-shaped ({MARIAN_SHAPE}); "
+                         "put such a variant first, or pass --no-marian")
     torch.set_num_threads(args.threads)
-    overrides = [*args.set, f"train.max_seconds={budget}", f"train.threads={args.threads}",
-                 "train.eval_every=1000000000", "train.epochs=1000"]
-    run = load_run_config(args.config, overrides)
-    run_dir = Path(args.runs) / "archlab"
-    ours = train_run(run, run_dir, quiet=True)
-    print(json.dumps({k: v for k, v in ours.items() if isinstance(v, (int, float))}, indent=1), flush=True)
-
-    task = open_task(run, run_dir / "checkpoints" / "last")  # the run's own tokenizer: the very same one
-    speed = side_by_side(task, run.train, args.speed_steps)
-    print(json.dumps(speed), flush=True)
-    marian = marian_for(task, run.train)
-    hf = train_marian(task, marian, run.train, budget)
-    refs = [t for _, t in task.text["test"]]
-    for name, beam in (("greedy", 1), ("beam", task.data.beam)):
-        hyps, per_s = marian_translate(task, marian, beam, task.data.length_penalty)
-        hf[f"test_bleu_{name}"], hf[f"test_chrf_{name}"] = bleu_chrf(hyps, refs)
-        hf[f"decode_{name}_sentences_per_s"] = per_s
-        (Path(args.runs) / f"marian_test_{name}.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
-    hf["parameters"] = sum(p.numel() for p in marian.parameters())
-    print(json.dumps(hf, indent=1), flush=True)
-    write_result(Path(args.out), args, ours, hf, speed, run)
+    ours = {label: train_variant(args, label, overrides, budget) for label, overrides in variants}
+    hf = speed = None
+    if not args.no_marian:
+        _, run, run_dir = ours[variants[0][0]]
+        task = open_task(run, run_dir / "checkpoints" / "last")  # the run's own tokenizer: the very same one
+        speed = side_by_side(task, run.train, args.speed_steps)
+        print(json.dumps(speed), flush=True)
+        marian = marian_for(task, run.train)
+        hf = train_marian(task, marian, run.train, budget)
+        refs = [t for _, t in task.text["test"]]
+        for name, beam in (("greedy", 1), ("beam", task.data.beam)):
+            hyps, per_s = marian_translate(task, marian, beam, task.data.length_penalty)
+            hf[f"test_bleu_{name}"], hf[f"test_chrf_{name}"] = bleu_chrf(hyps, refs)
+            hf[f"decode_{name}_sentences_per_s"] = per_s
+            (Path(args.runs) / f"marian_test_{name}.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+        hf["parameters"] = sum(p.numel() for p in marian.parameters())
+        print(json.dumps(hf, indent=1), flush=True)
+    write_result(Path(args.out), args, variants, {k: v[0] for k, v in ours.items()}, hf, speed)
 
 
-def write_result(path: Path, args, ours: dict, hf: dict, speed: dict, run) -> None:
-    rows = [("parameters", f"{ours['parameters']:,}", f"{hf['parameters']:,}"),
-            ("optimizer steps", f"{ours['steps']:,}", f"{hf['steps']:,}"),
-            ("epochs", f"{ours['epochs']:.2f}", f"{hf['epochs']:.2f}"),
-            ("training seconds", f"{ours['train_seconds']:.0f}", f"{hf['train_seconds']:.0f}"),
-            ("training target tokens/s", f"{ours['throughput']:,.0f}", f"{hf['throughput']:,.0f}"),
-            (f"test BLEU, beam {run.data.get('beam', 4)}", f"{ours['test_bleu']:.2f}", f"{hf['test_bleu_beam']:.2f}"),
-            (f"test chrF, beam {run.data.get('beam', 4)}", f"{ours['test_chrf']:.2f}", f"{hf['test_chrf_beam']:.2f}"),
-            ("test BLEU, greedy", f"{ours['test_bleu_greedy']:.2f}", f"{hf['test_bleu_greedy']:.2f}"),
-            ("test chrF, greedy", f"{ours['test_chrf_greedy']:.2f}", f"{hf['test_chrf_greedy']:.2f}"),
-            ("decoding sentences/s, greedy", f"{ours['decode_greedy_sentences_per_s']:.1f}",
-             f"{hf['decode_greedy_sentences_per_s']:.1f}"),
-            ("decoding sentences/s, beam", f"{ours['decode_beam_sentences_per_s']:.1f}",
-             f"{hf['decode_beam_sentences_per_s']:.1f}")]
+def write_result(path: Path, args, variants, ours: dict, hf: dict | None, speed: dict | None) -> None:
+    cols = [ours[label] for label, _ in variants]
+    first = cols[0]
+
+    def row(name, key, fmt, marian_key=None):
+        cells = [fmt(c[key]) if key in c else "" for c in cols]
+        if hf is not None:
+            cells.append(fmt(hf[marian_key]) if marian_key and marian_key in hf else "")
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    beam = first.get("beam", 4)
+    rows = [row("parameters", "parameters", "{:,}".format, "parameters"),
+            row("optimizer steps", "steps", "{:,}".format, "steps"),
+            row("epochs", "epochs", "{:.2f}".format, "epochs"),
+            row("training seconds", "train_seconds", "{:.0f}".format, "train_seconds"),
+            row("training target tokens/s", "throughput", "{:,.0f}".format, "throughput"),
+            row("validation BLEU, greedy (for choices)", "val_bleu", "{:.2f}".format),
+            row(f"test BLEU, beam {beam}", "test_bleu", "{:.2f}".format, "test_bleu_beam"),
+            row(f"test chrF, beam {beam}", "test_chrf", "{:.2f}".format, "test_chrf_beam"),
+            row("test BLEU, greedy", "test_bleu_greedy", "{:.2f}".format, "test_bleu_greedy"),
+            row("test chrF, greedy", "test_chrf_greedy", "{:.2f}".format, "test_chrf_greedy"),
+            row("decoding sentences/s, greedy", "decode_greedy_sentences_per_s", "{:.1f}".format,
+                "decode_greedy_sentences_per_s"),
+            row("decoding sentences/s, beam", "decode_beam_sentences_per_s", "{:.1f}".format,
+                "decode_beam_sentences_per_s"),
+            "| test BLEU (beam) vs the first column | " + " | ".join(
+                f"{c['test_bleu'] - first['test_bleu']:+.2f}" for c in cols)
+            + (f" | {hf['test_bleu_beam'] - first['test_bleu']:+.2f} |" if hf else " |")]
+    header = [label for label, _ in variants] + (["HF Marian"] if hf else [])
+    stored = {label: json.loads((Path(args.runs) / "".join(c if c.isalnum() else "-" for c in label.lower())
+                                 .strip("-") / "bench.json").read_text()) for label, _ in variants}
+    title = "archlab recipes" + (" vs Hugging Face Marian" if hf else "")
     lines = [
-        f"## Translation: Spanish -> English Bible verses, {args.budget_minutes:g}-minute budget (archlab vs Hugging "
-        "Face Marian)", "",
+        f"## Translation: Spanish -> English Bible verses, {args.budget_minutes:g}-minute budget ({title})", "",
         f"- machine: {machine()}, torch {torch.__version__}, {args.threads} threads "
-        f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "
-        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- budget: {args.budget_minutes:g} minutes of training per model (evaluation not counted), same "
-        f"recipe ({Path(args.config).name}{', ' + ', '.join(args.set) if args.set else ''}), tokenizer, batches, "
-        f"optimizer and schedule; test = {ours['test_sentences']:,} verses of the held-out books",
-        "- archlab: Trainer + EncoderDecoder, decoded by archlab.search (KV cache); baseline: transformers "
-        "MarianMTModel from a MarianConfig, plain PyTorch loop, decoded by its generate()",
-        "- throughput over the budget and decoding speed are totals (all steps / the whole test set) on a shared "
-        "machine whose load changes between the two runs; the interleaved side-by-side step time is the fair "
-        "speed comparison", "",
-        "| | archlab | HF Marian |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
-        f"- training speed side by side (fresh models, the same {speed['steps']} batches of ~{speed['tokens']:,.0f} "
-        f"target tokens, interleaved step by step): median {speed['archlab_s']:.3f} s/step archlab, "
-        f"{speed['marian_s']:.3f} s/step Marian; median ratio Marian / archlab {speed['ratio']:.2f}x",
-        f"- training throughput ratio over the budget, archlab / Marian: {ours['throughput'] / hf['throughput']:.2f}x",
-        f"- test BLEU (beam) difference archlab - Marian: {ours['test_bleu'] - hf['test_bleu_beam']:+.2f}",
-        f"- decoding speed ratio archlab / Marian: greedy "
-        f"{ours['decode_greedy_sentences_per_s'] / hf['decode_greedy_sentences_per_s']:.2f}x, beam "
-        f"{ours['decode_beam_sentences_per_s'] / hf['decode_beam_sentences_per_s']:.2f}x; archlab beam / greedy "
-        f"{ours['decode_beam_sentences_per_s'] / ours['decode_greedy_sentences_per_s']:.2f}x", ""]
+        f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); trained "
+        + ", ".join(f"{label} {stored[label]['when']}" for label, _ in variants)
+        + (f", Marian {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}" if hf else ""),
+        f"- budget: {args.budget_minutes:g} minutes of training per model (evaluation not counted); recipe "
+        f"{Path(args.config).name}, each column with its overrides (below); test = {first['test_sentences']:,} "
+        "verses of the held-out books; choices between variants use the validation books only",
+        *[f"- {label}: {' '.join(o) if o else '(the recipe as it is)'}" for label, o in variants],
+        "- one run per column, trained one after another on a machine whose speed "
+        "drifts (the tokens/s row; a time budget turns that into steps): read a BLEU point or two as noise",
+    ]
+    if hf:
+        lines += [
+            f"- HF Marian: transformers MarianMTModel from a MarianConfig with {variants[0][0]}'s shape, tokenizer, "
+            "batches, optimizer and schedule, plain PyTorch loop, decoded by its generate(); archlab: Trainer + "
+            "EncoderDecoder, decoded by archlab.search (KV cache)",
+            "- throughput over the budget and decoding speed are totals (all steps / the whole test set) on a "
+            "machine whose load may change between runs; the interleaved side-by-side step time is the fair speed "
+            "comparison"]
+    lines += ["", "| | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|", *rows, ""]
+    if hf:
+        lines += [
+            f"- training speed side by side ({variants[0][0]} and Marian, fresh models, the same {speed['steps']} "
+            f"batches of ~{speed['tokens']:,.0f} target tokens, interleaved step by step): median "
+            f"{speed['archlab_s']:.3f} s/step archlab, {speed['marian_s']:.3f} s/step Marian; median ratio Marian / "
+            f"archlab {speed['ratio']:.2f}x",
+            f"- decoding speed ratio {variants[0][0]} / Marian: greedy "
+            f"{first['decode_greedy_sentences_per_s'] / hf['decode_greedy_sentences_per_s']:.2f}x, beam "
+            f"{first['decode_beam_sentences_per_s'] / hf['decode_beam_sentences_per_s']:.2f}x", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     print(path.read_text())
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:  # a variant's bad key or value: one line
+        raise SystemExit(f"error: {e}")

@@ -239,6 +239,21 @@ def test_moe_gpt_exposes_aux_loss():
     assert all(m.aux_loss.item() >= 1.0 - 1e-5 for m in moes)
 
 
+def test_attention_dropout_is_its_own_knob():
+    """dropout on residual branches and FFNs, attention_dropout on the attention weights (None: the same)."""
+    src, tgt = torch.randint(1, 50, (2, 9)), torch.randint(1, 50, (2, 7))
+    attention_only = tiny("encdec", attention_dropout=0.5).train()  # residual dropout 0
+    torch.manual_seed(0)
+    assert (attention_only(src, tgt) - attention_only.eval()(src, tgt)).abs().max() > 1e-3
+    residual_only = tiny("encdec", dropout=0.3, attention_dropout=0.0)
+    attentions = [m for m in residual_only.modules() if hasattr(m, "qkv_proj") or hasattr(m, "q_proj")]
+    assert attentions and all(m.dropout == 0.0 for m in attentions)
+    assert {m.p for m in residual_only.modules() if isinstance(m, nn.Dropout)} == {0.3}
+    assert {m.dropout for m in tiny("encdec", dropout=0.2).modules() if hasattr(m, "qkv_proj")} == {0.2}
+    with pytest.raises(ConfigError, match=r"attention_dropout must be in \[0, 1\), got 1.5"):
+        model_config({"preset": "transformer-tiny", "attention_dropout": 1.5})
+
+
 def test_bad_input_errors():
     with pytest.raises(ConfigError, match="unknown preset 'gpt-huge'.*gpt-baby"):
         model_config("gpt-huge")

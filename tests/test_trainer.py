@@ -1,4 +1,5 @@
 """The training engine: accumulation, exact resume after kill -9, tied weights, faults, DDP, schedules."""
+import json
 import os
 import signal
 import subprocess
@@ -191,6 +192,31 @@ def test_schedules():
     assert wsd(89) == pytest.approx(0.55) and wsd(99) == pytest.approx(0.1)  # linear decay to min_lr over the last 20
     with pytest.raises(ConfigError, match="decay_fraction"):
         TrainConfig(max_steps=10, schedule="wsd", decay_fraction=0.0).validate()
+
+
+def test_a_time_budget_sets_the_length_of_a_decaying_schedule():
+    # max_seconds 100, no step limit: after 50 steps in 10 s the run will hold 500 steps, so the decay spans 500
+    seconds = [10.0]
+    cfg = TrainConfig(max_seconds=100, lr=1e-3, schedule="linear", warmup_steps=10)
+    lin = lr_lambda(cfg, 10 ** 9, elapsed=lambda: seconds[0])
+    assert lin(4) == pytest.approx(0.5)  # warm-up counts steps
+    assert lin(49) == pytest.approx(1 - 40 / 490)
+    seconds[0] = 100.0  # the budget is spent: the decay has reached min_lr
+    assert lin(499) == pytest.approx(0.0)
+    cos = lr_lambda(TrainConfig(max_seconds=100, max_steps=200, schedule="cosine"), 200, elapsed=lambda: 10.0)
+    assert cos(99) == pytest.approx(0.5)  # 200 steps end it before its time budget: the step limit sets the length
+    wsd = lr_lambda(TrainConfig(max_seconds=100, schedule="wsd", decay_fraction=0.2), 10 ** 9, elapsed=lambda: 90.0)
+    assert wsd(899) == pytest.approx(0.5)  # 900 steps in 90 s: 1000 in all, halfway through the last 200
+    warm = lr_lambda(TrainConfig(max_seconds=100, schedule="constant", warmup_fraction=0.1), 10 ** 9,
+                     elapsed=lambda: 5.0)
+    assert warm(49) == pytest.approx(0.5)  # a warm-up fraction of a time budget is a fraction of its time
+
+
+def test_a_run_stopped_by_its_time_budget_ends_its_decay(tmp_path):
+    run_dir = train(tmp_path, "timed", max_steps=None, max_seconds=2.0, schedule="linear", warmup_steps=5)
+    lrs = [r["lr"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    assert len(lrs) > 50 and lrs[5] > 0.9e-3  # the peak after warm-up, then down to (almost) nothing at the end
+    assert lrs[-1] < 0.1e-3 and lrs[len(lrs) // 2] < 0.8e-3
 
 
 def test_two_process_ddp_and_fsdp_equal_one_process(tmp_path):

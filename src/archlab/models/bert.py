@@ -184,7 +184,7 @@ def bert_from_ours(model: nn.Module, labels: list[str] | None = None) -> tuple[d
     hf = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
           "num_attention_heads": cfg.n_heads, "num_hidden_layers": cfg.n_layers, "intermediate_size": cfg.ffn_dim,
           "max_position_embeddings": cfg.max_seq_len, "hidden_act": "gelu", "layer_norm_eps": cfg.norm_eps,
-          "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout,
+          "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.attn_dropout,
           "type_vocab_size": cfg.type_vocab_size, "pad_token_id": cfg.pad_id, "position_embedding_type": "absolute"}
     d = cfg.d_model
     out: dict[str, Tensor] = {}

@@ -172,7 +172,7 @@ def gpt2_from_ours(model: nn.Module, labels: list[str] | None = None) -> tuple[d
           "n_embd": cfg.d_model, "n_head": cfg.n_heads, "n_layer": cfg.n_layers, "n_positions": cfg.max_seq_len,
           "n_inner": cfg.ffn_dim, "layer_norm_epsilon": cfg.norm_eps,
           "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
-          "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+          "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.attn_dropout,
           "tie_word_embeddings": cfg.tie_embeddings}
     out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["positions.additive.embedding.weight"],
            "transformer.ln_f.weight": sd["transformer.final_norm.weight"],

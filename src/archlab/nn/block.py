@@ -68,11 +68,19 @@ class BlockConfig:
     sandwich_norm: bool = False  # Gemma-2: one more norm on each branch's output, inside the residual (pre-norm only)
     norm_eps: float = 1e-5
     dropout: float = 0.0
+    # dropout on the attention weights; None: = dropout. On a CPU any value > 0 takes SDPA off its flash kernel to
+    # the math path (the weights materialised). fairseq's default is 0 (Vaswani et al. drop residual branches and
+    # embeddings only); GPT-2 and BERT use dropout's value
+    attention_dropout: float | None = None
     bias: bool = True
 
     @property
     def ffn_dim(self) -> int:
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def attn_dropout(self) -> float:
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
 
     @property
     def kv_heads(self) -> int:
@@ -115,8 +123,10 @@ class BlockConfig:
         for key in ("softcap", "attn_scale"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive (or null), got {getattr(self, key)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for key in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                name = "attention_dropout" if key == "attn_dropout" else key
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, key)}")
         if self.window_pattern is not None and (self.window is None or not any(self.window_pattern)):
             raise ConfigError(f"window_pattern={self.window_pattern} needs a window and at least one windowed "
                               f"layer (true); set window, or drop window_pattern")
@@ -161,9 +171,9 @@ def build_self_attention(cfg: BlockConfig) -> nn.Module:
         return MultiHeadLatentAttention(cfg.d_model, cfg.n_heads, kv_lora_rank=m.kv_lora_rank,
                                         qk_nope_head_dim=m.qk_nope_head_dim, qk_rope_head_dim=m.qk_rope_head_dim,
                                         v_head_dim=m.v_head_dim, q_lora_rank=m.q_lora_rank, bias=cfg.bias,
-                                        dropout=cfg.dropout, scale=cfg.attn_scale, softcap=cfg.softcap,
+                                        dropout=cfg.attn_dropout, scale=cfg.attn_scale, softcap=cfg.softcap,
                                         norm_eps=cfg.norm_eps)
-    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout,
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads, bias=cfg.bias, dropout=cfg.attn_dropout,
                               head_dim=cfg.head_dim, window=cfg.window, qk_norm=cfg.qk_norm, softcap=cfg.softcap,
                               scale=cfg.attn_scale, norm_eps=cfg.norm_eps)
 
@@ -181,7 +191,7 @@ class TransformerBlock(nn.Module):
         if cross_attention:  # multi-head (no window: the whole source is visible), whatever the self-attention
             self.cross_norm = norm()
             self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads, bias=cfg.bias,
-                                                 dropout=cfg.dropout, cross=True, head_dim=cfg.head_dim,
+                                                 dropout=cfg.attn_dropout, cross=True, head_dim=cfg.head_dim,
                                                  qk_norm=cfg.qk_norm, softcap=cfg.softcap, scale=cfg.attn_scale,
                                                  norm_eps=cfg.norm_eps)
         else:

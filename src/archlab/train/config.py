@@ -22,7 +22,7 @@ class TrainConfig:
     nesterov: bool = False  # sgd
     schedule: Literal["constant", "cosine", "linear", "noam", "wsd"] = "constant"
     warmup_steps: int = 0
-    warmup_fraction: float = 0.0  # alternative to warmup_steps: a fraction of max steps
+    warmup_fraction: float = 0.0  # alternative to warmup_steps: a fraction of the run (of its time, when timed)
     min_lr: float = 0.0  # where cosine / linear / wsd decay ends
     decay_fraction: float = 0.2  # wsd (warm-up, stable, decay): the last fraction of the steps decays linearly
     epochs: float | None = None  # training length: epochs or max_steps (the smaller wins)

@@ -3,7 +3,7 @@ and LR schedules."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -168,13 +168,22 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int):
-    """Multiplier of the base lr at optimizer step s (0-based); the scheduler steps once per optimizer step."""
-    warmup = cfg.warmup_steps or int(cfg.warmup_fraction * total_steps)
+def lr_lambda(cfg: TrainConfig, total_steps: int, elapsed: Callable[[], float] | None = None):
+    """Multiplier of the base lr at optimizer step s (0-based); the scheduler steps once per optimizer step.
+    A decaying schedule (linear, cosine, wsd) spans the run's length in steps: its step limit or, when
+    train.max_seconds may end it first, the steps its time budget holds at the pace so far (steps done /
+    `elapsed()` training seconds x max_seconds), whichever is smaller, so a run stopped by its time budget
+    ends its decay at min_lr rather than midway (the budgeted-training rule of Li et al., 2020)."""
     floor = cfg.min_lr / cfg.lr
+
+    def length(s: int) -> float:
+        seconds = elapsed() if elapsed is not None and cfg.max_seconds else 0.0
+        return min(total_steps, s * cfg.max_seconds / seconds) if seconds > 0 else total_steps
 
     def schedule(step: int) -> float:
         s = step + 1
+        total = length(s)
+        warmup = cfg.warmup_steps or int(cfg.warmup_fraction * total)  # a fraction of a time budget: of its time
         if cfg.schedule == "noam":  # Vaswani 5.3: linear warm-up, then ~ 1/sqrt(step); peak = lr at `warmup`
             w = max(warmup, 1)
             return min(s / w, math.sqrt(w / s))
@@ -183,10 +192,10 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
         if cfg.schedule == "constant":
             return 1.0
         if cfg.schedule == "wsd":  # stable at the peak, then a linear decay over the last decay_fraction
-            decay = max(1, round(cfg.decay_fraction * total_steps))
-            start = max(warmup, total_steps - decay)
-            return 1.0 if s <= start else floor + (1 - floor) * max(0.0, 1 - (s - start) / max(1, total_steps - start))
-        progress = min(1.0, (s - warmup) / max(1, total_steps - warmup))
+            decay = max(1, round(cfg.decay_fraction * total))
+            start = max(warmup, total - decay)
+            return 1.0 if s <= start else floor + (1 - floor) * max(0.0, 1 - (s - start) / max(1.0, total - start))
+        progress = min(1.0, (s - warmup) / max(1.0, total - warmup))
         if cfg.schedule == "linear":
             return floor + (1 - floor) * (1 - progress)
         if cfg.schedule == "cosine":
@@ -196,5 +205,7 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return schedule
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> LambdaLR:
-    return LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int,
+                    elapsed: Callable[[], float] | None = None) -> LambdaLR:
+    """`elapsed`: the run's training seconds so far (a time-budgeted run's decay follows it; see lr_lambda)."""
+    return LambdaLR(optimizer, lr_lambda(cfg, total_steps, elapsed))

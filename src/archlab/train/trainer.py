@@ -158,7 +158,8 @@ class Trainer:
         if cfg.epochs:
             limits.append(math.ceil(cfg.epochs * self.steps_per_epoch))
         self.total_steps = min(limits) if limits else UNBOUNDED
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps if limits else 10 ** 6)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps,
+                                         elapsed=lambda: getattr(self, "train_seconds", 0.0))
         self.precision, self.precision_why = resolve_precision(cfg.precision, self.device)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
                          else contextlib.nullcontext())
