@@ -8,8 +8,9 @@ heads, FFN, layers, shared tied embedding, sinusoidal positions, dropout), token
 token batches, optimizer, schedule, label smoothing and clipping. All are scored on the test books
 with sacreBLEU (greedy and beam); validation BLEU (greedy, the validation books) is what a choice
 between variants may use. A variant's finished result is kept in its folder and re-used when a
-variant resolves to the same whole config again (`--fresh` trains anew), so a lever ablation can be
-built one variant at a time; the fragment names each column's date.
+variant resolves to the same whole config again (`--fresh` trains anew: do so for a comparison that
+must be measured in one run), so a lever ablation can be built one variant at a time; the fragment
+names each column's date.
 
     # the recipe beside Marian:
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20
