@@ -8,16 +8,24 @@ heads, FFN, layers, shared tied embedding, sinusoidal positions, dropout), token
 token batches, optimizer, schedule, label smoothing and clipping. All are scored on the test books
 with sacreBLEU (greedy and beam); validation BLEU (greedy, the validation books) is what a choice
 between variants may use. A variant's finished result is kept in its folder and re-used when a
-variant resolves to the same whole config again (`--fresh` trains anew: do so for a comparison that
-must be measured in one run), so a lever ablation can be built one variant at a time; the fragment
-names each column's date.
+variant resolves to the same whole config again, and Marian's when the first variant does (`--fresh`
+trains anew: do so for a comparison that must be measured in one run), so a lever ablation can be
+built one variant at a time; the fragment names each column's date. Spell out in each variant the
+values it depends on: the recipe changes, and then the same command re-uses the same runs.
 
     # the recipe beside Marian:
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20
+    # benchmarks/results/translation_20min.md (the recipe before 2026-12, candidates, Marian of the first's shape):
+    flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20 \
+        --variant "recipe until 2026-12: data.max_tokens=2048 model.dropout=0.1 train.ema_decay=0" \
+        --variant "dropout 0: data.max_tokens=2048 model.dropout=0 train.ema_decay=0" \
+        --variant "1k-token batches, dropout 0: data.max_tokens=1024 model.dropout=0 train.ema_decay=0" \
+        --variant "1k-token batches, dropout 0, EMA 0.998: data.max_tokens=1024 model.dropout=0 train.ema_decay=0.998"
     # a lever ablation (benchmarks/results/translation_levers_10min.md lists its variants):
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 10 --no-marian \
-        --out benchmarks/results/translation_levers_10min.md --variant "recipe:" \
-        --variant "1k-token batches, dropout 0: data.max_tokens=1024 model.dropout=0" ...
+        --out benchmarks/results/translation_levers_10min.md \
+        --variant "recipe until 2026-12: data.max_tokens=2048 model.dropout=0.1 train.ema_decay=0" \
+        --variant "1k-token batches, dropout 0: data.max_tokens=1024 model.dropout=0 train.ema_decay=0" ...
 """
 from __future__ import annotations
 
@@ -44,6 +52,7 @@ from archlab.tasks.base import IGNORE  # noqa: E402
 from archlab.tasks.run import load_run_config  # noqa: E402
 from archlab.tasks.translation import bleu_chrf  # noqa: E402
 from archlab.train.optim import build_optimizer, build_scheduler  # noqa: E402
+from archlab.train.trainer import resolve_precision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +74,10 @@ def marian_for(task, cfg):
 
 
 def autocast(cfg):
-    """The recipe's precision for both models: bf16 autocast (fp32 weights), as archlab's Trainer does."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    """The recipe's precision for both models, resolved as archlab's Trainer resolves it (`auto`: bf16 where the
+    CPU computes it natively): bf16 autocast with fp32 weights, or fp32."""
+    precision, _ = resolve_precision(cfg.precision, torch.device("cpu"))
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def train_marian(task, model, cfg, budget: float) -> dict:
@@ -212,7 +223,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], metavar="'LABEL: KEY=VALUE ...'",
                    help="a recipe variant (repeatable; the first is the reference Marian copies); default 'recipe:'")
     p.add_argument("--no-marian", action="store_true", help="archlab variants only (a lever ablation)")
-    p.add_argument("--fresh", action="store_true", help="train every variant anew (default: re-use finished ones)")
+    p.add_argument("--fresh", action="store_true", help="train every variant and Marian anew (default: re-use finished ones)")
     p.add_argument("--runs", help="work folder (default runs/bench-translation-<minutes>)")
     p.add_argument("--out", help="result fragment (default benchmarks/results/translation_<minutes>min.md)")
     args = p.parse_args()
@@ -222,32 +233,49 @@ def main() -> None:
     args.runs = args.runs or str(ROOT / f"runs/bench-translation-{args.budget_minutes:g}")
     args.out = args.out or str(ROOT / f"benchmarks/results/translation_{args.budget_minutes:g}min.md")
     budget = args.budget_minutes * 60
-    reference = load_run_config(args.config, variants[0][1]).model
+    reference_run = load_run_config(args.config, variants[0][1])
+    reference, args.precision = reference_run.model, reference_run.train.precision  # Marian's too
     if not args.no_marian and any(getattr(reference, k) != v for k, v in MARIAN_SHAPE.items()):
         raise SystemExit(f"--variant: Marian copies the first variant, which must be Marian-shaped ({MARIAN_SHAPE}); "
                          "put such a variant first, or pass --no-marian")
     torch.set_num_threads(args.threads)
     ours = {label: train_variant(args, label, overrides, budget) for label, overrides in variants}
-    hf = speed = None
-    if not args.no_marian:
-        _, run, run_dir = ours[variants[0][0]]
-        task = open_task(run, run_dir / "checkpoints" / "last")  # the run's own tokenizer: the very same one
-        speed = side_by_side(task, run.train, args.speed_steps)
-        print(json.dumps(speed), flush=True)
-        marian = marian_for(task, run.train)
-        hf = train_marian(task, marian, run.train, budget)
-        refs = [t for _, t in task.text["test"]]
-        for name, beam in (("greedy", 1), ("beam", task.data.beam)):
-            hyps, per_s = marian_translate(task, marian, beam, task.data.length_penalty)
-            hf[f"test_bleu_{name}"], hf[f"test_chrf_{name}"] = bleu_chrf(hyps, refs)
-            hf[f"decode_{name}_sentences_per_s"] = per_s
-            (Path(args.runs) / f"marian_test_{name}.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
-        hf["parameters"] = sum(p.numel() for p in marian.parameters())
-        print(json.dumps(hf, indent=1), flush=True)
-    write_result(Path(args.out), args, variants, {k: v[0] for k, v in ours.items()}, hf, speed)
+    marian = None if args.no_marian else train_marian_like(args, *ours[variants[0][0]][1:], budget)
+    write_result(Path(args.out), args, variants, {k: v[0] for k, v in ours.items()}, marian)
 
 
-def write_result(path: Path, args, variants, ours: dict, hf: dict | None, speed: dict | None) -> None:
+def train_marian_like(args, run, run_dir: Path, budget: float) -> dict:
+    """Marian with the reference variant's shape, data and optimizer, trained for the budget, and the side-by-side
+    speed test: {"hf": ..., "speed": ..., "when": ...}, re-used from the work folder like a variant when the
+    reference resolves the same (its bench.json: config, budget, threads) and the speed test has as many steps."""
+    kept = Path(args.runs) / "marian.json"
+    key = {"reference": json.loads((run_dir / "bench.json").read_text())["resolved"],
+           "speed_steps": args.speed_steps}
+    if kept.exists() and not args.fresh:
+        stored = json.loads(kept.read_text())
+        if stored["key"] == key:
+            print(f"HF Marian: re-using {kept} ({stored['when']})", flush=True)
+            return stored
+    task = open_task(run, run_dir / "checkpoints" / "last")  # the run's own tokenizer: the very same one
+    speed = side_by_side(task, run.train, args.speed_steps)
+    print(json.dumps(speed), flush=True)
+    marian = marian_for(task, run.train)
+    hf = train_marian(task, marian, run.train, budget)
+    refs = [t for _, t in task.text["test"]]
+    for name, beam in (("greedy", 1), ("beam", task.data.beam)):
+        hyps, per_s = marian_translate(task, marian, beam, task.data.length_penalty)
+        hf[f"test_bleu_{name}"], hf[f"test_chrf_{name}"] = bleu_chrf(hyps, refs)
+        hf[f"decode_{name}_sentences_per_s"] = per_s
+        (Path(args.runs) / f"marian_test_{name}.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+    hf["parameters"] = sum(p.numel() for p in marian.parameters())
+    print(json.dumps(hf, indent=1), flush=True)
+    stored = {"key": key, "hf": hf, "speed": speed, "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    kept.write_text(json.dumps(stored, indent=1))
+    return stored
+
+
+def write_result(path: Path, args, variants, ours: dict, marian: dict | None) -> None:
+    hf, speed = (marian["hf"], marian["speed"]) if marian else (None, None)
     cols = [ours[label] for label, _ in variants]
     first = cols[0]
 
@@ -279,12 +307,13 @@ def write_result(path: Path, args, variants, ours: dict, hf: dict | None, speed:
     stored = {label: json.loads((Path(args.runs) / "".join(c if c.isalnum() else "-" for c in label.lower())
                                  .strip("-") / "bench.json").read_text()) for label, _ in variants}
     title = "archlab recipes" + (" vs Hugging Face Marian" if hf else "")
+    precision, why = resolve_precision(args.precision, torch.device("cpu"))  # the first variant's, and Marian's
     lines = [
         f"## Translation: Spanish -> English Bible verses, {args.budget_minutes:g}-minute budget ({title})", "",
-        f"- machine: {machine()}, torch {torch.__version__}, {args.threads} threads "
-        f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); trained "
+        f"- machine: {machine()}, torch {torch.__version__}, {args.threads} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, {precision} ({why}); trained "
         + ", ".join(f"{label} {stored[label]['when']}" for label, _ in variants)
-        + (f", Marian {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}" if hf else ""),
+        + (f", Marian {marian['when']}" if marian else ""),
         f"- budget: {args.budget_minutes:g} minutes of training per model (evaluation not counted); recipe "
         f"{Path(args.config).name}, each column with its overrides (below); test = {first['test_sentences']:,} "
         "verses of the held-out books; choices between variants use the validation books only",
