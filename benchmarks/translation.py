@@ -189,6 +189,21 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return label.strip(), overrides
 
 
+def read_kept(path: Path, keys: tuple[str, ...]) -> dict | None:
+    """A finished result this script stored, or None when there is none or it is unreadable (then said, and the
+    model is trained anew)."""
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and all(k in stored for k in keys):
+            return stored
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    print(f"{path}: not a result this script wrote; training anew", flush=True)
+    return None
+
+
 def train_variant(args, label: str, overrides: list[str], budget: float) -> tuple[dict, object, Path]:
     """The variant's archlab run (trained, or re-used when its folder holds a finished one with these overrides)."""
     slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
@@ -201,11 +216,10 @@ def train_variant(args, label: str, overrides: list[str], budget: float) -> tupl
     resolved = json.loads(json.dumps({**job_identity(run), "threads": run.train.threads,
                                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}, default=str))
     kept = run_dir / "bench.json"
-    if kept.exists() and not args.fresh:
-        stored = json.loads(kept.read_text())
-        if stored["resolved"] == resolved:
-            print(f"{label}: re-using {run_dir} ({stored['when']})", flush=True)
-            return stored["result"], run, run_dir
+    stored = None if args.fresh else read_kept(kept, ("resolved", "result", "when"))
+    if stored and stored["resolved"] == resolved:
+        print(f"{label}: re-using {run_dir} ({stored['when']})", flush=True)
+        return stored["result"], run, run_dir
     result = train_run(run, run_dir, quiet=True, overwrite=True)  # an unfinished or other variant: moved aside
     result = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
     kept.write_text(json.dumps({"resolved": resolved, "result": result,
@@ -251,11 +265,10 @@ def train_marian_like(args, run, run_dir: Path, budget: float) -> dict:
     kept = Path(args.runs) / "marian.json"
     key = {"reference": json.loads((run_dir / "bench.json").read_text())["resolved"],
            "speed_steps": args.speed_steps}
-    if kept.exists() and not args.fresh:
-        stored = json.loads(kept.read_text())
-        if stored["key"] == key:
-            print(f"HF Marian: re-using {kept} ({stored['when']})", flush=True)
-            return stored
+    stored = None if args.fresh else read_kept(kept, ("key", "hf", "speed", "when"))
+    if stored and stored["key"] == key:
+        print(f"HF Marian: re-using {kept} ({stored['when']})", flush=True)
+        return stored
     task = open_task(run, run_dir / "checkpoints" / "last")  # the run's own tokenizer: the very same one
     speed = side_by_side(task, run.train, args.speed_steps)
     print(json.dumps(speed), flush=True)
