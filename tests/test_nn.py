@@ -6,6 +6,7 @@ import torch.nn as nn
 from archlab.config import ConfigError
 from archlab.nn.attention import KVCache, MultiHeadAttention
 from archlab.nn.block import BlockConfig, MoEConfig, TransformerBlock
+from archlab.nn.conv import PatchWhitening
 from archlab.nn.feedforward import MoE, SwiGLU, swiglu_hidden
 from archlab.nn.position import ALiBi, Rotary, alibi_slopes, sinusoid_table
 
@@ -238,3 +239,22 @@ def test_bf16_autocast_training_attention_matches_fp32(with_bias, monkeypatch):
     assert torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2)
     rel = (att.qkv_proj.weight.grad - ref_grad).norm() / ref_grad.norm()
     assert rel < 3e-2
+
+
+def test_patch_whitening_decorrelates_the_patches_it_was_fitted_to():
+    torch.manual_seed(0)
+    # 2-channel images whose neighbouring pixels and channels are strongly correlated (a blurred, mixed noise)
+    noise = torch.randn(64, 2, 20, 20)
+    x = torch.nn.functional.avg_pool2d(noise, 3, stride=1, padding=1) * 3 + 1
+    x = torch.stack([x[:, 0], 0.8 * x[:, 0] + 0.2 * x[:, 1]], dim=1)
+    layer = PatchWhitening(2, kernel=3, padding=0)
+    layer.fit(x, eps=1e-8)
+    y = layer(x)  # (64, 36, 18, 18): 18 whitening filters, then the same negated
+    assert y.shape == (64, 36, 18, 18)
+    assert torch.allclose(y[:, 18:], -y[:, :18], atol=1e-5)
+    flat = y[:, :18].permute(0, 2, 3, 1).reshape(-1, 18)
+    # uncentred second moments, as fitted: the identity (the patches' own cov was far from it)
+    assert torch.allclose(flat.T @ flat / len(flat), torch.eye(18), atol=1e-3)
+    patches = x.unfold(2, 3, 1).unfold(3, 3, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 18)
+    assert (patches.T @ patches / len(patches) - torch.eye(18)).abs().max() > 1
+    assert [n for n, p in layer.named_parameters()] == ["bias"]  # the filters are fixed: a buffer

@@ -179,6 +179,27 @@ def test_weight_decay_skips_norms_biases_embeddings():
     assert not any(("norm" in n or n.endswith("bias") or "emb" in n) for n in names)
 
 
+def test_bn_bias_lr_scale_puts_batch_norm_biases_in_a_faster_group():
+    model = build_model({"preset": "resnet-small"})
+    cfg = TrainConfig(max_steps=10, optimizer="sgd", lr=0.1, weight_decay=5e-4, bn_bias_lr_scale=64)
+    opt = build_optimizer(model, cfg)
+    bn_biases = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    fast = [g for g in opt.param_groups if g["lr"] == pytest.approx(6.4)]
+    assert len(fast) == 1 and {id(p) for p in fast[0]["params"]} == bn_biases and fast[0]["weight_decay"] == 0
+    assert all(g["lr"] == pytest.approx(0.1) for g in opt.param_groups if g is not fast[0])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    # a schedule scales every group alike
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert fast[0]["lr"] == pytest.approx(3.2) and opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    del sched
+    assert len(build_optimizer(model, TrainConfig(max_steps=1, optimizer="sgd")).param_groups) == 2
+    with pytest.raises(ConfigError, match=r"bn_bias_lr_scale must be in \[1, 1000\], got 0.5"):
+        TrainConfig(max_steps=1, bn_bias_lr_scale=0.5).validate()
+    with pytest.raises(ConfigError, match="bn_bias_lr_scale is for sgd and adam"):
+        build_optimizer(build_model({"preset": "gpt-baby", "n_layers": 1}),
+                        TrainConfig(max_steps=1, optimizer="muon", bn_bias_lr_scale=64))
+
+
 def test_schedules():
     noam = lr_lambda(TrainConfig(max_steps=100, schedule="noam", warmup_steps=10), 100)
     assert noam(9) == pytest.approx(1.0) and noam(4) == pytest.approx(0.5) and noam(39) == pytest.approx(0.5)

@@ -10,15 +10,16 @@ from torch import Tensor
 
 from ..config import at_least_one
 from ..errors import ConfigError
-from ..nn.conv import ConvBlock, ResidualBlock
+from ..nn.conv import ConvBlock, PatchWhitening, ResidualBlock
 from .flops import Cost
 from .registry import Family, FamilyConfig, build_skeleton, count_parameters, register_family
 
 
 @dataclass
 class StageConfig:
-    """One CNN stage: a plain conv block, or `blocks` ResNet basic blocks (first one strided)."""
-    type: Literal["conv", "residual"] = "conv"
+    """One CNN stage: a plain conv block, `blocks` ResNet basic blocks (first one strided), or (first stage only)
+    a fixed patch-whitening conv fitted to the training images, whose channels are 2 x in_channels x kernel²."""
+    type: Literal["conv", "residual", "whiten"] = "conv"
     channels: int = 32
     kernel: int = 3
     padding: int = 0
@@ -53,6 +54,15 @@ class ConvNetConfig(FamilyConfig):
             raise ConfigError("in_channels, image_size and hidden sizes must be at least 1")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for i, s in enumerate(self.stages):
+            if s.type != "whiten":
+                continue
+            if i > 0:
+                raise ConfigError(f"stages[{i}]: a whiten stage whitens image patches, so it must be the first stage")
+            if s.channels != 2 * self.in_channels * s.kernel ** 2 or s.stride != 1 or s.batch_norm:
+                raise ConfigError(f"stages[0] (whiten): channels must be 2 x in_channels x kernel² = "
+                                  f"{2 * self.in_channels * s.kernel ** 2}, stride 1 and no batch_norm, got "
+                                  f"channels {s.channels}, stride {s.stride}, batch_norm {s.batch_norm}")
 
 
 class ConvNet(nn.Module):
@@ -65,6 +75,13 @@ class ConvNet(nn.Module):
         for s in cfg.stages:
             if s.type == "conv":
                 stages.append(ConvBlock(ch, s.channels, s.kernel, s.padding, s.stride, s.batch_norm, s.pool))
+            elif s.type == "whiten":
+                layers = [PatchWhitening(ch, s.kernel, s.padding), nn.ReLU()]
+                if s.pool == "max":  # before the ReLU: max commutes with it (the same values, ReLU on 4x fewer)
+                    layers.insert(1, nn.MaxPool2d(2))
+                elif s.pool == "avg":
+                    layers.append(nn.AvgPool2d(2))
+                stages.append(nn.Sequential(*layers))
             else:
                 blocks = [ResidualBlock(ch if i == 0 else s.channels, s.channels, s.stride if i == 0 else 1)
                           for i in range(s.blocks)]
@@ -85,6 +102,12 @@ class ConvNet(nn.Module):
         self.head = nn.Sequential(*head)
         # oneDNN's (and cuDNN's) convolutions run faster in NHWC; 1-channel inputs are NCHW and NHWC at once
         self.to(memory_format=torch.channels_last)
+
+    def fit_to_data(self, images: Tensor) -> None:
+        """Set what is computed from the training images rather than trained: a whiten stage's filters."""
+        for m in self.modules():
+            if isinstance(m, PatchWhitening):
+                m.fit(images)
 
     def feature_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) after the last stage, from a probe image (on the meta device when the
@@ -124,7 +147,7 @@ def cnn_cost(cfg: ConvNetConfig, seq_len: int | None = None) -> Cost:
         return 2 * cin * cout * k * k * size * size
 
     for s in cfg.stages:
-        if s.type == "conv":
+        if s.type in ("conv", "whiten"):
             flops += conv(ch, s.channels, s.kernel, s.stride, s.padding)
         else:
             for i in range(s.blocks):

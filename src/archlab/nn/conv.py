@@ -1,6 +1,8 @@
-"""Convolution blocks: conv -> (batch norm) -> activation -> (pool), and a ResNet basic block."""
+"""Convolution blocks: conv -> (batch norm) -> activation -> (pool), a ResNet basic block, and a fixed
+patch-whitening first layer."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -42,3 +44,29 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class PatchWhitening(nn.Module):
+    """A k x k convolution whose filters whiten the image's k x k patches (Jordan 2024, airbench): the
+    eigenvectors of the patch covariance over training images, each scaled by 1/sqrt(its eigenvalue) and also
+    negated (2 * C * k * k channels, so that a ReLU after it keeps both signs). The filters are fixed (a buffer,
+    set by `fit`); only the bias trains. Starting from decorrelated inputs, the next layers learn in fewer steps."""
+
+    def __init__(self, in_ch: int, kernel: int, padding: int):
+        super().__init__()
+        self.padding = padding
+        self.register_buffer("weight", torch.zeros(2 * in_ch * kernel * kernel, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(2 * in_ch * kernel * kernel))
+
+    @torch.no_grad()
+    def fit(self, images: Tensor, eps: float = 5e-4) -> None:
+        """Set the filters from (N, C, H, W) normalised training images."""
+        c, k = self.weight.shape[1], self.weight.shape[-1]
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H', W', k, k)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)
+        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).view(-1, c, k, k)
+        self.weight.copy_(torch.cat([filters, -filters]))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, 2*C*k*k, H', W')
+        return F.conv2d(x, self.weight, self.bias, padding=self.padding)

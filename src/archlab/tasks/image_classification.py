@@ -18,6 +18,8 @@ from ..data import images as img
 from ..errors import ConfigError, DataError
 from .base import ClassificationTask, epoch_generator, model_device, read_labels
 
+WHITEN_IMAGES = 5000  # training images a whitening layer's patch statistics come from (as in airbench)
+
 
 @dataclass
 class ImageDataConfig:
@@ -91,6 +93,14 @@ class ImageClassification(ClassificationTask):
         self.augment = d.augment.with_fill(tuple(self.mean), tuple(self.std))
         self.description = (f"{ds.name} from {ds.source}: {len(ty)} training, {len(vy)} validation (held out of "
                             f"the training set), {len(test_y)} test images, {len(self.classes)} classes")
+
+    def build_model(self) -> nn.Module:
+        """The model; a fresh one (not from a checkpoint) has what its layers compute from the training images
+        set here (a whiten stage's filters, from the first WHITEN_IMAGES images)."""
+        model = super().build_model()
+        if self.pretrained is None and hasattr(model, "fit_to_data"):
+            model.fit_to_data(self.train_inputs[:WHITEN_IMAGES])
+        return model
 
     def head_prefixes(self) -> tuple[str, ...]:
         return ("head.",)
@@ -177,10 +187,12 @@ class ImageClassification(ClassificationTask):
         from ..models.cnn import ConvNet
         from ..models.vit import ViT
 
-        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-        w = first.weight.detach().float()[:64, 0]  # (out, k, k), first input channel
+        # the first layer with conv filters (a Conv2d, or a whiten stage's fixed ones)
+        first = next(m.weight for m in model.modules() if isinstance(getattr(m, "weight", None), Tensor)
+                     and m.weight.dim() == 4)
+        w = first.detach().float()[:64, 0]  # (out, k, k), first input channel
         viz.plot_image_grid(w, [str(i) for i in range(len(w))], plots / "filters.png",
-                            f"First-layer filters ({len(w)} of {first.out_channels}, {tuple(w.shape[1:])} kernels; "
+                            f"First-layer filters ({len(w)} of {len(first)}, {tuple(w.shape[1:])} kernels; "
                             f"red +, blue -)", cmap="RdBu_r", symmetric=True)
         device = model_device(model)
         inputs = self.to_input(examples, device)

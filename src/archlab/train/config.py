@@ -20,6 +20,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd
     muon_momentum: float = 0.95  # muon (Jordan et al. 2024; Liu et al. 2025)
     nesterov: bool = False  # sgd
+    bn_bias_lr_scale: float = 1.0  # batch-norm biases learn at this multiple of lr (sgd, adam(w))
     schedule: Literal["constant", "cosine", "linear", "noam", "wsd"] = "constant"
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # alternative to warmup_steps: a fraction of the run (of its time, when timed)
@@ -61,6 +62,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < low:
                 raise ConfigError(f"{key} must be at least {low}, got {value}")
+        if not 1 <= self.bn_bias_lr_scale <= 1000:
+            raise ConfigError(f"bn_bias_lr_scale must be in [1, 1000], got {self.bn_bias_lr_scale}")
         for key in ("lr", "epochs", "max_seconds", "eps"):  # None: not set (epochs, max_seconds)
             value = getattr(self, key)
             if value is not None and not (0 < value < math.inf):

@@ -13,19 +13,28 @@ from ..errors import ConfigError
 from .config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay only matrices of Linear/Conv layers; embeddings, norms and biases are left alone."""
-    no_decay_ids = set()
+def param_groups(model: nn.Module, weight_decay: float, lr: float, bn_bias_lr_scale: float = 1.0) -> list[dict]:
+    """Decay only matrices of Linear/Conv layers; embeddings, norms and biases are left alone. Batch-norm
+    biases learn at bn_bias_lr_scale x lr (airbench's 64: they set where each ReLU opens, and move little at
+    the lr of the weights, whose scale a batch norm after them cancels)."""
+    no_decay_ids, bn_bias_ids = set(), set()
     for module in model.modules():
         if isinstance(module, nn.Embedding):
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay, seen = [], [], set()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.bias is not None and bn_bias_lr_scale != 1:
+            bn_bias_ids.add(id(module.bias))
+    decay, no_decay, bn_bias, seen = [], [], [], set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 and id(p) not in no_decay_ids else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if id(p) in bn_bias_ids:
+            bn_bias.append(p)
+        else:
+            (decay if p.dim() >= 2 and id(p) not in no_decay_ids else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+            {"params": bn_bias, "weight_decay": 0.0, "lr": lr * bn_bias_lr_scale}]
 
 
 def output_layers(model: nn.Module) -> list[nn.Module]:
@@ -152,10 +161,12 @@ def param_groups_of(params: list[nn.Parameter], weight_decay: float) -> list[dic
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    groups = [g for g in param_groups(model, cfg.weight_decay, cfg.lr, cfg.bn_bias_lr_scale) if g["params"]]
     device_types = {p.device.type for g in groups for p in g["params"]}
     fused = device_types <= {"cpu", "cuda"}  # fused kernels exist for CPU and CUDA tensors
     if cfg.optimizer == "muon":
+        if cfg.bn_bias_lr_scale != 1:
+            raise ConfigError("train.bn_bias_lr_scale is for sgd and adam(w); muon keeps one lr for its AdamW part")
         hidden, rest = muon_split(model)
         if not hidden:
             raise ConfigError("train.optimizer: muon trains hidden 2-D weight matrices and this model has none "
