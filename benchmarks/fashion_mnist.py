@@ -269,8 +269,9 @@ def markdown(spd: dict | None, runs: list[dict], png: str) -> str:
         def each(key: str, fmt: str) -> str:
             return ", ".join(format(x[key], fmt) for x in f)
 
-        # a time budget ends each seed after its own number of epochs
-        epochs = each("epochs", ".1f") if len({x["epochs"] for x in f}) > 1 else format(f[0]["epochs"], "g")
+        # a time budget ends each seed after its own (fractional) number of epochs
+        per_seed = [f"{x['epochs']:.1f}".removesuffix(".0") for x in f]
+        epochs = per_seed[0] if len(set(per_seed)) == 1 else ", ".join(per_seed)
         lines.append(
             f"| {name} (`{rs[0]['config']}`{' ' + over if over else ''}) | {precision} | {len(rs)} | "
             f"{f[0]['parameters']:,} | {epochs} | {each('train_seconds', '.0f')} | "
