@@ -56,17 +56,15 @@ WHITEN_STAGES = ("model.stages=[{type: whiten, kernel: 3, padding: 1, channels: 
 
 def test_a_whiten_stage_is_fitted_to_the_training_images_kept_in_the_checkpoint_and_learns(tmp_path):
     require_path(FMNIST, "dataset-fashion-mnist")
-    run = load_run_config("configs/fashion_mnist_best.yaml", SMALL + [WHITEN_STAGES, "train.epochs=1",
-                                                                      "train.batch_size=64", "data.tta=false"])
-    task = ImageClassification(run)
+    overrides = SMALL + [WHITEN_STAGES, "train.epochs=3", "train.batch_size=64", "data.tta=false"]
+    task = ImageClassification(load_run_config("configs/fashion_mnist_best.yaml", overrides))
     task.prepare()
     whitening = task.build_model().stages[0][0]
     # its filters turn the training images' 3x3 patches into decorrelated unit-variance features
     patches = task.train_inputs[:500].unfold(2, 3, 1).unfold(3, 3, 1).reshape(-1, 9)
     features = patches @ whitening.weight[:9].reshape(9, 9).T
     assert torch.allclose(features.T @ features / len(features), torch.eye(9), atol=0.05)
-    run_dir, m = train(tmp_path, "configs/fashion_mnist_best.yaml", "whiten",
-                       SMALL + [WHITEN_STAGES, "train.epochs=3", "train.batch_size=64", "data.tta=false"])
+    run_dir, m = train(tmp_path, "configs/fashion_mnist_best.yaml", "whiten", overrides)
     assert m["test_accuracy"] > 0.6  # chance is 0.1; 93 steps get ~0.72
     _, model, _ = load_run(run_dir)
     assert torch.equal(model.stages[0][0].weight, whitening.weight)  # the fitted filters are in the checkpoint

@@ -189,9 +189,8 @@ def test_bn_bias_lr_scale_puts_batch_norm_biases_in_a_faster_group():
     assert all(g["lr"] == pytest.approx(0.1) for g in opt.param_groups if g is not fast[0])
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     # a schedule scales every group alike
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
     assert fast[0]["lr"] == pytest.approx(3.2) and opt.param_groups[0]["lr"] == pytest.approx(0.05)
-    del sched
     assert len(build_optimizer(model, TrainConfig(max_steps=1, optimizer="sgd")).param_groups) == 2
     with pytest.raises(ConfigError, match=r"bn_bias_lr_scale must be in \[1, 1000\], got 0.5"):
         TrainConfig(max_steps=1, bn_bias_lr_scale=0.5).validate()
