@@ -202,7 +202,8 @@ def plot(runs: list[dict], path: Path) -> None:
     for ((name, precision, over), rs), color in zip(groups(runs).items(), colors):
         for i, r in enumerate(rs):  # one line per seed; the final test accuracy as a star at the end
             t = [e["train_seconds"] for e in r["per_epoch"]]
-            group = f"{name} {precision}{' ' + over if over else ''}"
+            shown = over if len(over) <= 40 else "with the overrides in the table"  # a legend line, not a page
+            group = f"{name} {precision}{' ' + shown if over else ''}"
             ax.plot(t, [e["val_accuracy"] for e in r["per_epoch"]], "o--", color=color, ms=2, lw=0.8, alpha=0.6,
                     label=f"{group}: validation, {len(rs)} seed(s)" if i == 0 else None)
             if all("test_accuracy" in e for e in r["per_epoch"]):
