@@ -15,12 +15,14 @@ In one run, on 2 CPU threads:
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/fashion_mnist.py [--recipes seed_cnn best vit]
         [--seeds 0 1 2] [--precisions auto fp32] [--rounds 5]
 Writes benchmarks/results/fashion_mnist.json (every number, with the machine of each part), .md and .png; a run
-replaces only the parts it measured (e.g. --recipes best --precisions fp32 --rounds 0 adds the fp32 seeds).
+replaces only the parts it measured (e.g. --recipes best --precisions fp32 --rounds 0 adds the fp32 seeds), and
+drops a re-measured recipe's rows from an earlier version of its file.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import platform
 import shutil
@@ -159,9 +161,15 @@ def time_to_accuracy(name: str, seed: int, precision: str, threads: int, overrid
         print(f"{name} {final['precision']} seed {seed}: {epochs[-1]}", flush=True)
     info["load_average_end"] = Path("/proc/loadavg").read_text().split()[:3]
     keep = ("test_accuracy", "val_accuracy", "train_seconds", "throughput", "parameters", "steps", "epochs")
-    return {"recipe": name, "config": RECIPES[name], "seed": seed, "precision": final["precision"],
+    return {"recipe": name, "config": RECIPES[name], "recipe_sha256": recipe_sha256(name), "seed": seed,
+            "precision": final["precision"],
             "overrides": overrides, "final": {k: final[k] for k in keep}, "wall_seconds": wall, "per_epoch": epochs,
             "eval_every_epochs": eval_epochs, "machine": info}
+
+
+def recipe_sha256(name: str) -> str:
+    """The recipe file's fingerprint: a stored row measured under another version of the file is stale."""
+    return hashlib.sha256((ROOT / RECIPES[name]).read_bytes()).hexdigest()
 
 
 # --- report ----------------------------------------------------------------------------------------------
@@ -324,6 +332,11 @@ def main() -> None:
         stored["speed"] = {**speed(args.rounds, args.steps, work), "machine": info}
         store.write_text(json.dumps(stored, indent=1))
     overrides = {name: [s.split(":", 1)[1] for s in args.set if s.startswith(name + ":")] for name in args.recipes}
+    for name in args.recipes:  # a recipe re-measured: its rows from an earlier version of its file go
+        stale = [x for x in stored["runs"] if x["recipe"] == name and x.get("recipe_sha256") != recipe_sha256(name)]
+        if stale:
+            print(f"{name}: dropping {len(stale)} stored row(s) measured with an earlier version of {RECIPES[name]}")
+            stored["runs"] = [x for x in stored["runs"] if x not in stale]
     for name in args.recipes:
         for precision in args.precisions:
             for seed in args.seeds:

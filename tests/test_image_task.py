@@ -86,6 +86,23 @@ def test_collate_is_the_normalised_training_image(tmp_path):
     assert abs(batch["inputs"].mean()) < 1 and task.train_inputs.shape == (100, 1, 28, 28)
 
 
+def test_alternate_flip_mirrors_each_image_in_every_other_epoch():
+    require_path(FMNIST, "dataset-fashion-mnist")
+    flips = ["data.augment={hflip: true, alternate_flip: true}", "data.tta=false"]
+    task = ImageClassification(load_run_config("configs/fashion_mnist_seed_cnn.yaml", ["data.train_subset=200"] + flips))
+    task.prepare()
+    plans = [dict(pair for batch in task.epoch_plan(epoch, 50, 0) for pair in batch) for epoch in range(3)]
+    assert plans[0].keys() == plans[1].keys() == set(range(200))  # a shuffle of every image, with a flag each
+    assert all(plans[0][i] != plans[1][i] and plans[0][i] == plans[2][i] for i in range(200))
+    assert 70 < sum(plans[0].values()) < 130  # which epochs an image is mirrored in: a coin per image
+    batch = task.epoch_plan(1, 50, 0)[0]
+    inputs = task.collate(batch, torch.Generator(), torch.device("cpu"))["inputs"]
+    for (i, mirrored), x in zip(batch, inputs):
+        assert torch.equal(x, task.train_inputs[i].flip(-1) if mirrored else task.train_inputs[i])
+    with pytest.raises(ConfigError, match="alternate_flip alternates the mirror of hflip; set hflip: true"):
+        load_run_config("configs/fashion_mnist_seed_cnn.yaml", ["data.augment={alternate_flip: true}", "data.tta=false"])
+
+
 def test_tta_averages_the_probabilities_over_the_views(seed_run):
     run_dir, _ = seed_run
     task, model, _ = load_run(run_dir)

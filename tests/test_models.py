@@ -19,6 +19,23 @@ def test_seed_cnn_is_the_articles_keras_model():
     assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
 
 
+def test_dirac_init_starts_each_conv_as_the_identity_on_its_first_channels():
+    torch.manual_seed(0)
+    stages = [{"channels": 4, "padding": 1}, {"type": "residual", "channels": 8}, {"type": "residual", "channels": 8}]
+    model = build_model({"family": "cnn", "stages": stages, "n_classes": 10, "dirac_init": True})
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 6  # conv, residual (2 + 1x1 projection), residual (2)
+    x = torch.randn(2, 8, 6, 6)
+    for conv in convs:
+        cin = conv.in_channels
+        # the first cin filters pass their input channel through unchanged; the others keep the default init
+        torch.testing.assert_close(F.conv2d(x[:, :cin], conv.weight[:cin], padding=conv.padding), x[:, :cin])
+        assert conv.weight[cin:].numel() == 0 or conv.weight[cin:].std() > 0.01
+    plain = build_model({"family": "cnn", "stages": stages, "n_classes": 10})
+    assert not any(torch.equal(a.weight, b.weight) for a, b in zip(convs, (m for m in plain.modules()
+                                                                             if isinstance(m, nn.Conv2d))))
+
+
 @pytest.mark.parametrize("batch_norm, pool", [(True, "max"), (False, "max"), (True, "avg"), (True, "none")])
 def test_conv_block_equals_conv_norm_relu_pool(batch_norm, pool):
     """ConvBlock applies ReLU after a max-pool (cheaper): outputs and gradients equal conv -> norm -> ReLU -> pool."""

@@ -397,12 +397,17 @@ class Augment:
     ``normalize``: -mean / std), used for crop padding and erased rectangles."""
     crop_padding: int = 0
     hflip: bool = False
+    # with hflip: each image is mirrored in every other epoch (in which half first: a coin per image) rather than
+    # by a coin per step, so no image goes unmirrored (or mirrored) for epochs on end (airbench: 8% fewer epochs)
+    alternate_flip: bool = False
     erasing: float = 0.0  # probability per image
     fill: float = 0.0
 
     def validate(self) -> None:
         if self.crop_padding < 0:
             raise ConfigError(f"crop_padding must be >= 0, got {self.crop_padding}")
+        if self.alternate_flip and not self.hflip:
+            raise ConfigError("alternate_flip alternates the mirror of hflip; set hflip: true, or alternate_flip: false")
         if not 0 <= self.erasing <= 1:
             raise ConfigError(f"erasing is a probability in [0, 1], got {self.erasing}")
 
@@ -410,10 +415,12 @@ class Augment:
     def enabled(self) -> bool:
         return self.crop_padding > 0 or self.hflip or self.erasing > 0
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, mirror: torch.Tensor | None = None) -> torch.Tensor:
+        """`mirror`: which images hflip mirrors (bool, one per image), else a coin per image."""
         x = random_crop(x, self.crop_padding, generator, fill=self.fill)
         if self.hflip:
-            x = random_hflip(x, 0.5, generator)
+            x = random_hflip(x, 0.5, generator) if mirror is None else torch.where(mirror[:, None, None, None],
+                                                                                     x.flip(-1), x)
         if self.erasing > 0:
             x = random_erasing(x, self.erasing, generator, value=self.fill)
         return x

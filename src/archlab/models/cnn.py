@@ -44,6 +44,9 @@ class ConvNetConfig(FamilyConfig):
     global_pool: bool = False  # average over space before the head (else flatten)
     hidden: list[int] = field(default_factory=list)  # fully connected layers before the classifier
     dropout: float = 0.0
+    # each conv's first min(in, out) filters start as the identity (torch.nn.init.dirac_), the rest as usual:
+    # the net starts close to passing its input through, and learns in fewer epochs (airbench, Jordan 2024)
+    dirac_init: bool = False
 
     def validate(self) -> None:
         if not self.stages:
@@ -100,6 +103,10 @@ class ConvNet(nn.Module):
             width = h
         head.append(nn.Linear(width, cfg.n_classes))
         self.head = nn.Sequential(*head)
+        if cfg.dirac_init:
+            for conv in self.modules():
+                if isinstance(conv, nn.Conv2d):
+                    nn.init.dirac_(conv.weight.data[:conv.in_channels])
         # oneDNN's (and cuDNN's) convolutions run faster in NHWC; 1-channel inputs are NCHW and NHWC at once
         self.to(memory_format=torch.channels_last)
 

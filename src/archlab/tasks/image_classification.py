@@ -116,16 +116,28 @@ class ImageClassification(ClassificationTask):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return x
 
-    def epoch_plan(self, epoch: int, batch_size: int, seed: int) -> list[list[int]]:
+    def epoch_plan(self, epoch: int, batch_size: int, seed: int) -> list[list[int]] | list[list[tuple[int, bool]]]:
+        """Shuffled full batches of image indices; with augment.alternate_flip, (index, mirrored) pairs: an image
+        is mirrored in the epochs of one parity, which one a coin per image (drawn once per seed)."""
         n = len(self.splits["train"][1])
         order = torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
+        if self.augment.hflip and self.augment.alternate_flip:
+            first = torch.rand(n, generator=epoch_generator(seed, -1)) < 0.5
+            mirrored = (first ^ bool(epoch % 2)).tolist()
+            order = [(i, mirrored[i]) for i in order]
         return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]  # full batches only
 
-    def collate(self, refs: list[int], generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    def collate(self, refs: list[int] | list[tuple[int, bool]], generator: torch.Generator,
+                device: torch.device) -> dict[str, Tensor]:
+        """refs: image indices, or (index, mirrored) pairs from an alternate_flip plan."""
+        mirror = None
+        if refs and isinstance(refs[0], tuple):
+            refs, mirror = zip(*refs)
+            mirror = torch.tensor(mirror)
         idx = torch.tensor(refs)
         inputs = self.train_inputs[idx]
         if self.augment.enabled:
-            inputs = self.augment(inputs, generator)
+            inputs = self.augment(inputs, generator, mirror)
         return {"inputs": inputs.to(device), "targets": self.splits["train"][1][idx].to(device)}
 
     def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
