@@ -16,7 +16,8 @@ In one run, on 2 CPU threads:
         [--seeds 0 1 2] [--precisions auto fp32] [--rounds 5]
 Writes benchmarks/results/fashion_mnist.json (every number, with the machine of each part), .md and .png; a run
 replaces only the parts it measured (e.g. --recipes best --precisions fp32 --rounds 0 adds the fp32 seeds), and
-drops a re-measured recipe's rows from an earlier version of its file.
+drops a re-measured recipe's rows from an earlier version of its file. Run it alone, as the CLI runs, with
+OMP_WAIT_POLICY as you left it (each row records it): PASSIVE is for sharing the cores, and slows a run alone.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -182,6 +184,9 @@ def machine() -> dict:
     native_bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
     return {"cpu": model + (f" ({', '.join(native_bf16)})" if native_bf16 else " (no native bf16)"),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
+            # how idle OpenMP threads wait: alone on 2 cores, sleeping (PASSIVE) made the best recipe's steps 1.16x and
+            # 1.75x slower than the default (unset) in two alternating measurements (2026-12-02)
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
             "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
             "load_average_start": Path("/proc/loadavg").read_text().split()[:3]}
 
@@ -236,7 +241,9 @@ def plot(runs: list[dict], path: Path) -> None:
 
 def machine_line(info: dict) -> str:
     end = f", at the end {' / '.join(info['load_average_end'])}" if "load_average_end" in info else ""
-    return (f"{info['cpu']}, torch {info['torch']}, {info['threads']} threads, {info['date']}; load average "
+    policy = info.get("omp_wait_policy", "not recorded")
+    return (f"{info['cpu']}, torch {info['torch']}, {info['threads']} threads, OMP_WAIT_POLICY {policy}, "
+            f"{info['date']}; load average "
             f"(1/5/15 min) at the start {' / '.join(info['load_average_start'])}{end}")
 
 
