@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from cpuinfo import cpu_name  # noqa: E402
 
 from archlab.runs import train_run  # noqa: E402
 from archlab.tasks.run import load_run_config  # noqa: E402
@@ -61,15 +62,6 @@ def train(config: str, overrides: list[str], run_dir: Path) -> dict:
         print(f"training {run_dir} ({config} {' '.join(overrides)})", flush=True)
         train_run(load_run_config(ROOT / config, overrides), run_dir, quiet=True)
     return json.loads((run_dir / "metrics.json").read_text())
-
-
-def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        cpu = "unknown CPU"
-    return cpu
 
 
 def ci95(acc: float, n: int) -> float:
@@ -171,7 +163,7 @@ def main() -> None:
     plot(results, out / "plots" / "finetune_grid.png")
     first = next(iter(results.values()))
     threads = load_run_config(ROOT / INITS["MiniLM"][0]).train.threads
-    head = [f"Machine: {machine()}, torch {torch.__version__}, {threads} thread(s) "
+    head = [f"Machine: {cpu_name()}, torch {torch.__version__}, {threads} thread(s) "
             f"(train.threads), {datetime.date.today().isoformat()}.",
             "",
             f"Data: Debian fortunes, 12 topics, {first['test_examples']} test texts; always answering the most "

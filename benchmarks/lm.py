@@ -16,9 +16,7 @@ import argparse
 import inspect
 import json
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -30,6 +28,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from cpuinfo import cpu_name  # noqa: E402
 
 from archlab.runs import open_task  # noqa: E402
 from archlab.tasks.run import load_run_config  # noqa: E402
@@ -235,8 +235,7 @@ def main():
     previous = out / "lm.json"  # a partial re-run (--skip-quality, --compile) keeps the other parts
     results = json.loads(previous.read_text()) if previous.exists() else {}
     results.update({"date": str(date.today()), "torch": torch.__version__, "threads": args.threads,
-                    "cpu": subprocess.run("lscpu | grep 'Model name' | cut -d: -f2", shell=True, capture_output=True,
-                                          text=True).stdout.strip() or platform.processor()})
+                    "cpu": cpu_name()})
     suffix = ("_compiled" if args.compile else "") + ("_bf16" if args.precision == "bf16" else "")
     if not args.skip_quality:
         trainer = archlab_run(args.iters, work / "quality-archlab", compile_=args.compile, threads=args.threads,

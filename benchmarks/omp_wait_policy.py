@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+
+from cpuinfo import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("unset", "ACTIVE", "PASSIVE")
@@ -123,8 +124,7 @@ def main() -> None:
                 print(f"round {r} {policy:7s} {'beside' if beside else 'alone '}: {m['tokens_s']:,.0f} tokens/s"
                       + (f", neighbour {m['neighbour_matmuls_s']:,.0f} matmuls/s" if beside else ""), flush=True)
         alone_neighbour.append(neighbour_alone(args.threads))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     import torch
     med = {f"{p}|{'beside' if b else 'alone'}": {
         "tokens_s": statistics.median(m["tokens_s"] for m in ms),

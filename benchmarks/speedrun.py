@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # lm.py: the fallback reference
 
+from cpuinfo import cpu_name  # noqa: E402
+
 from archlab.runs import open_task  # noqa: E402
 from archlab.tasks.run import load_run_config  # noqa: E402
 
@@ -265,9 +267,7 @@ def score(result: dict, loader, tokens, block, offsets) -> None:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "torch": torch.__version__, "date": str(date.today()), "python": platform.python_version()}
+    return {"cpu": cpu_name(), "torch": torch.__version__, "date": str(date.today()), "python": platform.python_version()}
 
 
 def plot(series: dict, target: float | None, path: Path) -> None:

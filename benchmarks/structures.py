@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -26,6 +24,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from cpuinfo import cpu_name  # noqa: E402
 
 from archlab.models import build_model, count_parameters, get_family  # noqa: E402
 from archlab.runs import open_task  # noqa: E402
@@ -146,8 +146,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path("/tmp/archlab-bench-structures")
-    cpu = subprocess.run("lscpu | grep 'Model name' | cut -d: -f2", shell=True, capture_output=True,
-                         text=True).stdout.strip() or platform.processor()
+    cpu = cpu_name()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"] * 3
     results = {"date": str(date.today()), "torch": torch.__version__, "threads": args.threads, "cpu": cpu,
                "load_before": load, "rounds": args.rounds, "steps": args.steps}

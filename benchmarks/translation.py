@@ -21,6 +21,10 @@ values it depends on: the recipe changes, and then the same command re-uses the 
         --variant "dropout 0: data.max_tokens=2048 model.dropout=0 train.ema_decay=0" \
         --variant "1k-token batches, dropout 0: data.max_tokens=1024 model.dropout=0 train.ema_decay=0" \
         --variant "1k-token batches, dropout 0, EMA 0.998: data.max_tokens=1024 model.dropout=0 train.ema_decay=0.998"
+    # benchmarks/results/translation_20min_recipe.md (the recipe alone, on another machine):
+    flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20 --no-marian \
+        --runs runs/bench-translation-20-recipe --out benchmarks/results/translation_20min_recipe.md \
+        --variant "recipe: data.max_tokens=1024 model.dropout=0 train.ema_decay=0.998"
     # a lever ablation (benchmarks/results/translation_levers_10min.md lists its variants):
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 10 --no-marian \
         --out benchmarks/results/translation_levers_10min.md \
@@ -33,13 +37,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cpuinfo import cpu_name
 
 from archlab.errors import ConfigError
 from archlab.lab.plan import job_identity
@@ -171,12 +174,6 @@ def side_by_side(task, cfg, steps: int) -> dict:
             "ratio": statistics.median(y / x for x, y in zip(a, m)), "tokens": statistics.median(tokens[2:])}
 
 
-def machine() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                platform.processor())
-
-
 MARIAN_SHAPE = dict(norm_placement="post", norm="layernorm", activation="relu", position="sinusoidal",
                     tie_embeddings=True)
 
@@ -213,8 +210,9 @@ def train_variant(args, label: str, overrides: list[str], budget: float) -> tupl
                  "train.eval_every=1000000000", "train.epochs=1000"]
     run = load_run_config(args.config, overrides)
     # what makes two runs the same: the whole config without values at their defaults (an option added later
-    # does not orphan a finished run), the threads and how they wait (PASSIVE costs a quarter of the speed alone)
-    resolved = json.loads(json.dumps({**job_identity(run), "threads": run.train.threads,
+    # does not orphan a finished run), the CPU (a time budget buys more steps on a faster one), the threads and
+    # how they wait (PASSIVE costs a quarter of the speed alone)
+    resolved = json.loads(json.dumps({**job_identity(run), "cpu": cpu_name(), "threads": run.train.threads,
                                       "omp_wait_policy": OMP_WAIT_POLICY}, default=str))
     kept = run_dir / "bench.json"
     stored = None if args.fresh else read_kept(kept, ("resolved", "result", "when"))
@@ -324,7 +322,7 @@ def write_result(path: Path, args, variants, ours: dict, marian: dict | None) ->
     precision, why = resolve_precision(args.precision, torch.device("cpu"))  # the first variant's, and Marian's
     lines = [
         f"## Translation: Spanish -> English Bible verses, {args.budget_minutes:g}-minute budget ({title})", "",
-        f"- machine: {machine()}, torch {torch.__version__}, {args.threads} threads, "
+        f"- machine: {cpu_name()}, torch {torch.__version__}, {args.threads} threads, "
         f"OMP_WAIT_POLICY={OMP_WAIT_POLICY}, {precision} ({why}); trained "
         + ", ".join(f"{label} {stored[label]['when']}" for label, _ in variants)
         + (f", Marian {marian['when']}" if marian else ""),
