@@ -15,21 +15,35 @@ values it depends on: the recipe changes, and then the same command re-uses the 
 
     # the recipe beside Marian:
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20
-    # benchmarks/results/translation_20min.md (the recipe before 2026-12, candidates, Marian of the first's shape):
+    # benchmarks/results/translation_20min.md (the recipe before 2026-12, candidates, Marian of the first's shape;
+    # the recipe's schedule was Noam then):
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20 \
-        --variant "recipe until 2026-12: data.max_tokens=2048 model.dropout=0.1 train.ema_decay=0" \
-        --variant "dropout 0: data.max_tokens=2048 model.dropout=0 train.ema_decay=0" \
-        --variant "1k-token batches, dropout 0: data.max_tokens=1024 model.dropout=0 train.ema_decay=0" \
-        --variant "1k-token batches, dropout 0, EMA 0.998: data.max_tokens=1024 model.dropout=0 train.ema_decay=0.998"
-    # benchmarks/results/translation_20min_recipe.md (the recipe alone, on another machine):
+        --variant "recipe until 2026-12: data.max_tokens=2048 model.dropout=0.1 train.schedule=noam train.ema_decay=0" \
+        --variant "dropout 0: data.max_tokens=2048 model.dropout=0 train.schedule=noam train.ema_decay=0" \
+        --variant "1k-token batches, dropout 0: data.max_tokens=1024 model.dropout=0 train.schedule=noam \
+train.ema_decay=0" \
+        --variant "1k-token batches, dropout 0, EMA 0.998: data.max_tokens=1024 model.dropout=0 train.schedule=noam \
+train.ema_decay=0.998"
+    # benchmarks/results/translation_20min_zen5.md (the Noam + EMA recipe against warm-up-stable-decay schedules,
+    # dropout and a higher peak; the recipe twice; on a Zen 5):
+    W="data.max_tokens=1024 train.schedule=wsd train.warmup_steps=300 train.decay_fraction=0.2 train.min_lr=0 \
+train.ema_decay=0"
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20 --no-marian \
-        --runs runs/bench-translation-20-recipe --out benchmarks/results/translation_20min_recipe.md \
-        --variant "recipe: data.max_tokens=1024 model.dropout=0 train.ema_decay=0.998"
-    # a lever ablation (benchmarks/results/translation_levers_10min.md lists its variants):
+        --runs runs/bench-translation-20-recipe --out benchmarks/results/translation_20min_zen5.md \
+        --variant "Noam + EMA (recipe until 2026-12-02): data.max_tokens=1024 model.dropout=0 train.schedule=noam \
+train.lr=1e-3 train.warmup_steps=300 train.ema_decay=0.998" \
+        --variant "WSD 1e-3, no EMA: $W model.dropout=0 train.lr=1e-3" \
+        --variant "WSD 1e-3, no EMA, second run: $W model.dropout=0 train.lr=1e-3" \
+        --variant "WSD 1e-3, no EMA, dropout 0.1: $W model.dropout=0.1 model.attention_dropout=0 train.lr=1e-3" \
+        --variant "WSD 1e-3, no EMA, dropout 0.2: $W model.dropout=0.2 model.attention_dropout=0 train.lr=1e-3" \
+        --variant "WSD 1.5e-3, no EMA: $W model.dropout=0 train.lr=1.5e-3"
+    # a lever ablation (benchmarks/results/translation_levers_10min.md lists its variants; the schedule was Noam
+    # where a variant names none):
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 10 --no-marian \
         --out benchmarks/results/translation_levers_10min.md \
-        --variant "recipe until 2026-12: data.max_tokens=2048 model.dropout=0.1 train.ema_decay=0" \
-        --variant "1k-token batches, dropout 0: data.max_tokens=1024 model.dropout=0 train.ema_decay=0" ...
+        --variant "recipe until 2026-12: data.max_tokens=2048 model.dropout=0.1 train.schedule=noam train.ema_decay=0" \
+        --variant "1k-token batches, dropout 0: data.max_tokens=1024 model.dropout=0 train.schedule=noam \
+train.ema_decay=0" ...
 """
 from __future__ import annotations
 
