@@ -36,7 +36,8 @@ train.lr=1e-3 train.warmup_steps=300 train.ema_decay=0.998" \
         --variant "WSD 1e-3, no EMA, second run: $W model.dropout=0 train.lr=1e-3" \
         --variant "WSD 1e-3, no EMA, dropout 0.1: $W model.dropout=0.1 model.attention_dropout=0 train.lr=1e-3" \
         --variant "WSD 1e-3, no EMA, dropout 0.2: $W model.dropout=0.2 model.attention_dropout=0 train.lr=1e-3" \
-        --variant "WSD 1.5e-3, no EMA: $W model.dropout=0 train.lr=1.5e-3"
+        --variant "WSD 1.5e-3, no EMA: $W model.dropout=0 train.lr=1.5e-3" \
+        --variant "WSD 1e-3, no EMA, label smoothing 0.2: $W model.dropout=0 train.lr=1e-3 train.label_smoothing=0.2"
     # a lever ablation (benchmarks/results/translation_levers_10min.md lists its variants; the schedule was Noam
     # where a variant names none):
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 10 --no-marian \
