@@ -5,9 +5,9 @@ Every number in BENCHMARKS.md comes from a script's own output; re-run a benchma
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["fashion_mnist", "translation_20min", "translation_20min_zen5", "translation_levers_10min", "lm", "speedrun",
-         "speedrun_ablation", "omp_wait_policy", "structures", "generate", "finetune", "compare_future", "compare_future_quick",
-         "compare_positions_norm", "compare_positions_norm_changes", "compare_positions_norm_untuned",
+ORDER = ["fashion_mnist", "translation_20min", "translation_20min_zen5", "translation_decoding", "translation_levers_10min",
+         "lm", "speedrun", "speedrun_ablation", "omp_wait_policy", "structures", "generate", "finetune", "compare_future",
+         "compare_future_quick", "compare_positions_norm", "compare_positions_norm_changes", "compare_positions_norm_untuned",
          "compare_positions_norm_quick", "compare_moe", "compare_cnn_vit"]
 
 

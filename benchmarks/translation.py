@@ -25,19 +25,33 @@ train.ema_decay=0" \
         --variant "1k-token batches, dropout 0, EMA 0.998: data.max_tokens=1024 model.dropout=0 train.schedule=noam \
 train.ema_decay=0.998"
     # benchmarks/results/translation_20min_zen5.md (the Noam + EMA recipe against warm-up-stable-decay schedules,
-    # dropout and a higher peak; the recipe twice; on a Zen 5):
-    W="data.max_tokens=1024 train.schedule=wsd train.warmup_steps=300 train.decay_fraction=0.2 train.min_lr=0 \
-train.ema_decay=0"
+    # dropout, a higher peak, label smoothing 0.2 (the recipe since 2026-12-02) and levers on top of it; on a Zen 5;
+    # every variant spells the label smoothing and length penalty it was measured with):
+    W="data.max_tokens=1024 data.length_penalty=0.6 train.schedule=wsd train.warmup_steps=300 \
+train.decay_fraction=0.2 train.min_lr=0 train.ema_decay=0 model.dropout=0 train.lr=1e-3"
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 20 --no-marian \
         --runs runs/bench-translation-20-recipe --out benchmarks/results/translation_20min_zen5.md \
-        --variant "Noam + EMA (recipe until 2026-12-02): data.max_tokens=1024 model.dropout=0 train.schedule=noam \
-train.lr=1e-3 train.warmup_steps=300 train.ema_decay=0.998" \
-        --variant "WSD 1e-3, no EMA: $W model.dropout=0 train.lr=1e-3" \
-        --variant "WSD 1e-3, no EMA, second run: $W model.dropout=0 train.lr=1e-3" \
-        --variant "WSD 1e-3, no EMA, dropout 0.1: $W model.dropout=0.1 model.attention_dropout=0 train.lr=1e-3" \
-        --variant "WSD 1e-3, no EMA, dropout 0.2: $W model.dropout=0.2 model.attention_dropout=0 train.lr=1e-3" \
-        --variant "WSD 1.5e-3, no EMA: $W model.dropout=0 train.lr=1.5e-3" \
-        --variant "WSD 1e-3, no EMA, label smoothing 0.2: $W model.dropout=0 train.lr=1e-3 train.label_smoothing=0.2"
+        --variant "Noam + EMA (recipe until 2026-12-02): data.max_tokens=1024 data.length_penalty=0.6 model.dropout=0 \
+train.schedule=noam train.lr=1e-3 train.warmup_steps=300 train.ema_decay=0.998 train.label_smoothing=0.1" \
+        --variant "WSD 1e-3, no EMA: $W train.label_smoothing=0.1" \
+        --variant "WSD 1e-3, no EMA, second run: $W train.label_smoothing=0.1" \
+        --variant "WSD 1e-3, no EMA, dropout 0.1: $W train.label_smoothing=0.1 model.dropout=0.1 model.attention_dropout=0" \
+        --variant "WSD 1e-3, no EMA, dropout 0.2: $W train.label_smoothing=0.1 model.dropout=0.2 model.attention_dropout=0" \
+        --variant "WSD 1.5e-3, no EMA: $W train.label_smoothing=0.1 train.lr=1.5e-3" \
+        --variant "WSD 1e-3, no EMA, label smoothing 0.2: $W train.label_smoothing=0.2" \
+        --variant "WSD 1e-3, no EMA, label smoothing 0.2, second run: $W train.label_smoothing=0.2" \
+        --variant "WSD 1e-3, no EMA, label smoothing 0.2, Muon: $W train.label_smoothing=0.2 train.optimizer=muon" \
+        --variant "WSD 1e-3, no EMA, label smoothing 0.2, decay over the last 40%: $W train.label_smoothing=0.2 \
+train.decay_fraction=0.4" \
+        --variant "WSD 1e-3, no EMA, label smoothing 0.2, AdamW weight decay 0.1: $W train.label_smoothing=0.2 \
+train.optimizer=adamw train.weight_decay=0.1" \
+        --variant "the recipe of 2026-12-02, a third run (label smoothing 0.2, length penalty 1.0): $W \
+train.label_smoothing=0.2 data.length_penalty=1.0"
+    # beam width and length penalty of the recipe's two runs, chosen on validation (translation_decoding.md):
+    flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation_decoding.py \
+        runs/bench-translation-20-recipe/wsd-1e-3--no-ema--label-smoothing-0-2 \
+        runs/bench-translation-20-recipe/wsd-1e-3--no-ema--label-smoothing-0-2--second-run \
+        --beams 4 8 --length-penalties 0.6 1.0 1.4
     # a lever ablation (benchmarks/results/translation_levers_10min.md lists its variants; the schedule was Noam
     # where a variant names none):
     flock /tmp/archlab-cpu.lock .venv/bin/python benchmarks/translation.py --budget-minutes 10 --no-marian \

@@ -35,7 +35,8 @@ def reverse_pairs(n: int, rng: random.Random) -> str:
 
 def reverse_config(data: Path, **train) -> dict:
     return {"task": "translation", "model": {"preset": "transformer-tiny", "norm_placement": "pre"},
-            "data": {"files": str(data), "vocab_size": 300, "max_tokens": 1024, "eval_sentences": 50, "beam": 3},
+            "data": {"files": str(data), "vocab_size": 300, "max_tokens": 1024, "eval_sentences": 50, "beam": 3,
+                     "length_penalty": 0.8},
             "train": {"max_steps": 1000, "lr": 4e-3, "schedule": "noam", "warmup_steps": 100, "eval_every": 500,
                       "metric": "val_loss", "threads": 1, "log_every": 50, **train}}
 
@@ -177,6 +178,25 @@ def test_translate_cli_keeps_lines_and_handles_odd_input(reverse_run, tmp_path, 
     assert capsys.readouterr().out.strip() == "f g h"
     assert main(["translate", run]) == 2  # nothing to translate: a clear error
     assert "give the sentences" in capsys.readouterr().err
+
+
+def test_translate_cli_decodes_as_the_run_did_unless_told(reverse_run, monkeypatch, capsys):
+    """Unset, --beam and --length-penalty are the run's own data.beam and data.length_penalty (3 and 0.8 here),
+    those its test BLEU was measured with."""
+    import archlab.tasks.translation as translation
+
+    seen, real = [], translation.beam_search
+
+    def spy(model, src, bos, eos, max_len, beam, length_penalty, *rest):
+        seen.append((beam, length_penalty))
+        return real(model, src, bos, eos, max_len, beam, length_penalty, *rest)
+
+    monkeypatch.setattr(translation, "beam_search", spy)
+    run = str(reverse_run[0])
+    assert main(["translate", run, "h g f"]) == 0
+    assert main(["translate", run, "h g f", "--beam", "2", "--length-penalty", "1.0"]) == 0
+    assert capsys.readouterr().out.split() == ["f", "g", "h"] * 2
+    assert seen == [(3, 0.8), (2, 1.0)]
 
 
 # ---------------------------------------------------------------------------------------------

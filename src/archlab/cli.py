@@ -108,12 +108,15 @@ def cmd_translate(args) -> None:
     from .runs import load_run
     from .tasks.translation import BEAM_CAP_WHY, MAX_BEAM
 
-    at_least("--beam", args.beam, 1)
-    if args.beam > MAX_BEAM:
-        raise ConfigError(f"--beam must be at most {MAX_BEAM}, got {args.beam}: {BEAM_CAP_WHY}")
+    if args.beam is not None:
+        at_least("--beam", args.beam, 1)
+        if args.beam > MAX_BEAM:
+            raise ConfigError(f"--beam must be at most {MAX_BEAM}, got {args.beam}: {BEAM_CAP_WHY}")
     at_least("--batch-size", args.batch_size, 1)
-    finite("--max-len-ratio", args.max_len_ratio, positive=True)
-    finite("--length-penalty", args.length_penalty)
+    if args.max_len_ratio is not None:
+        finite("--max-len-ratio", args.max_len_ratio, positive=True)
+    if args.length_penalty is not None:
+        finite("--length-penalty", args.length_penalty)
     if bool(args.text) == bool(args.input):
         raise ConfigError("give the sentences to translate as arguments or as --input FILE (one per line), not both")
     utf8_texts("sentence", args.text, allow_empty=True)
@@ -134,7 +137,8 @@ def cmd_translate(args) -> None:
     task, model, _ = load_run(args.run)
     if task.name != "translation":
         raise ConfigError(f"{args.run} is a {task.name} run; translate works on translation runs")
-    out = task.translate(model, lines, args.beam, args.length_penalty, args.max_len_ratio, args.batch_size)
+    beam = task.data.beam if args.beam is None else args.beam  # unset: decode as the run's evaluation did
+    out = task.translate(model, lines, beam, args.length_penalty, args.max_len_ratio, args.batch_size)
     if args.output:
         Path(args.output).write_text("".join(t + "\n" for t in out), encoding="utf-8")
     else:
@@ -259,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("text", nargs="*", help="sentences to translate (or --input FILE)")
     s.add_argument("--input", help="a file with one sentence per line")
     s.add_argument("--output", help="write translations here (default: print)")
-    s.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy; at most 64 (memory grows with beam x batch)")
-    s.add_argument("--length-penalty", type=float, default=0.6)
-    s.add_argument("--max-len-ratio", type=float, default=1.5, help="longest output = ratio x source length + 10")
+    s.add_argument("--beam", type=int, help="beam size; 1 = greedy; at most 64 (memory grows with beam x batch); "
+                   "default: the run's data.beam")
+    s.add_argument("--length-penalty", type=float, help="GNMT's alpha; default: the run's data.length_penalty")
+    s.add_argument("--max-len-ratio", type=float, help="longest output = ratio x source length + 10; "
+                   "default: the run's data.max_len_ratio")
     s.add_argument("--batch-size", type=int, default=32)
     s.set_defaults(func=cmd_translate)
 
