@@ -69,6 +69,8 @@ class RunDecoder:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.task, self.model, folder = load_run(run_dir, prefer="best")
+        if self.task.name != "translation":
+            raise SystemExit(f"{run_dir} is a {self.task.name} run; this benchmark decodes translation runs")
         self.task.prepare()
         train = load_run_config(run_dir / "config.yaml").train  # the checkpoint keeps the model and data, not these
         self.threads = train.threads or torch.get_num_threads()
